@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite needs. Idempotent: packages
+# already present are not reinstalled and apt is only touched when needed.
+set -euo pipefail
+
+# python3-nacl and python3-pycryptodome run the StudioML interop test; openssl
+# and openssh-client make key files the way operators do (spec §4).
+PKGS=(python3 python3-nacl python3-pycryptodome openssl openssh-client)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing+=("$p")
+	fi
+done
+
+if ((${#missing[@]} == 0)); then
+	echo "install-deps: all Debian packages present (${PKGS[*]})"
+	exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
