@@ -45,7 +45,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"seal"},
 		{"seal", "--public-key", "p", "--signing-key", "k", "--suite", "rot13"},
 		{"seal", "--public-key", "p", "--signing-key", "k", "--suite", "hpke"}, // no --queue
-		{"open", "--private-key", "k", "--signing-keys", "d"},                 // no --queue
+		{"open", "--private-key", "k", "--signing-keys", "d"},                  // no --queue
 		{"keygen"},
 		{"keygen", "rsa", "--out", "x"},
 		{"keygen", "rsa", "--passphrase-file", "p", "--out", "x", "--bits", "1024"},
