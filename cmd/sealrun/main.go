@@ -41,9 +41,11 @@ type command struct {
 
 // commands is the explicit list of subcommands; keep it sorted by name.
 var commands = []command{
+	{name: "audit", summary: "verify the secrets proxy audit log chain", run: runAudit},
 	{name: "keygen", summary: "generate message, signing and HPKE key pairs", run: runKeygen},
 	{name: "open", summary: "verify and decrypt a queue message read on stdin", run: runOpen},
 	{name: "seal", summary: "encrypt and sign a Request JSON read on stdin", run: runSeal},
+	{name: "secrets", summary: "store and read secrets through the storage backends", run: runSecrets},
 	{name: "version", summary: "print the sealrun version", run: runVersion},
 }
 

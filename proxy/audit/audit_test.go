@@ -1,0 +1,138 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func writeLog(t *testing.T, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		uid := 1000 + i
+		if err := l.Log(context.Background(), Entry{Credential: "runner-1", PeerUID: &uid, Verb: "GET", Path: "/secrets/a/b", Status: 200, Outcome: "allowed"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func verifyFile(t *testing.T, path string) (VerifyResult, error) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	return Verify(f)
+}
+
+func TestChainVerifiesAndContinuesAcrossRestarts(t *testing.T) {
+	path := writeLog(t, 5)
+	fi, _ := os.Stat(path)
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode().Perm())
+	}
+	l, err := Open(path) // a restart continues the chain
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Log(context.Background(), Entry{Verb: "PUT", Path: "/secrets/x", Status: 201, Outcome: "allowed"})
+	l.Close()
+	res, err := verifyFile(t, path)
+	if err != nil || res.Lines != 6 || res.LastSeq != 6 || len(res.LastHash) != 64 {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
+}
+
+func TestTamperingIsDetected(t *testing.T) {
+	path := writeLog(t, 6)
+	orig, _ := os.ReadFile(path)
+	lines := strings.SplitAfter(strings.TrimSuffix(string(orig), "\n"), "\n")
+	edits := map[string]func([]string) []string{
+		"edited line": func(l []string) []string {
+			l[2] = strings.Replace(l[2], `"status":200`, `"status":201`, 1)
+			return l
+		},
+		"removed middle line": func(l []string) []string { return append(l[:2], l[3:]...) },
+		"removed first line":  func(l []string) []string { return l[1:] },
+		"swapped lines":       func(l []string) []string { l[1], l[2] = l[2], l[1]; return l },
+		"inserted line": func(l []string) []string {
+			return append(l[:3], append([]string{l[2]}, l[3:]...)...)
+		},
+		"garbage line": func(l []string) []string { l[4] = "{not json}\n"; return l },
+	}
+	for name, edit := range edits {
+		t.Run(name, func(t *testing.T) {
+			l := edit(append([]string(nil), lines...))
+			if !strings.HasSuffix(l[len(l)-1], "\n") {
+				l[len(l)-1] += "\n"
+			}
+			_, err := Verify(strings.NewReader(strings.Join(l, "")))
+			if err == nil || !strings.Contains(err.Error(), "line ") {
+				t.Fatalf("tampering not detected: %v", err)
+			}
+		})
+	}
+}
+
+func TestConcurrentWritersShareFsyncsAndKeepTheChain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				if err := l.Log(context.Background(), Entry{Credential: string(rune('a' + w)), Verb: "GET", Path: "/secrets/p", Status: 200, Outcome: "allowed"}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	l.Close()
+	res, err := verifyFile(t, path)
+	if err != nil || res.Lines != 400 {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
+}
+
+func TestTornLastLineRefusesToContinue(t *testing.T) {
+	path := writeLog(t, 2)
+	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(`{"time":"2026`)
+	f.Close()
+	if _, err := Open(path); err == nil || !strings.Contains(err.Error(), "audit verify") {
+		t.Fatalf("Open on a torn log: %v", err)
+	}
+}
+
+func TestWriteFailureIsSticky(t *testing.T) {
+	path := writeLog(t, 1)
+	l, _ := Open(path)
+	l.f.Close() // simulate a failing disk
+	if err := l.Log(context.Background(), Entry{Verb: "GET"}); err == nil {
+		t.Fatal("write to a broken log succeeded")
+	}
+	if err := l.Log(context.Background(), Entry{Verb: "GET"}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("refusing")) {
+		t.Fatalf("second write: %v", err)
+	}
+}

@@ -1,0 +1,433 @@
+// Package client talks to the sealrun secrets proxy over its unix socket (or
+// a TLS URL), as the runner and the CLI do. Every call takes a context,
+// retries 503/429 and connection failures with jittered backoff, and returns
+// typed errors. Reads can be cached: Watch-driven invalidation keeps the
+// cache correct, and a broken watch drops the cache rather than serving stale
+// values.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Typed errors for the statuses a caller decides on.
+var (
+	ErrNotFound     = errors.New("secret not found")
+	ErrUnauthorized = errors.New("proxy rejected the API id or key")
+	ErrForbidden    = errors.New("credential is not allowed this path or verb")
+	ErrConflict     = errors.New("secret already exists")
+	ErrUnavailable  = errors.New("secrets proxy unavailable")
+)
+
+// Error is a non-2xx answer.
+type Error struct {
+	Status int
+	Msg    string // the proxy's error body (never a value)
+	kind   error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("secrets proxy: %d %s", e.Status, e.Msg) }
+func (e *Error) Unwrap() error { return e.kind }
+
+// Config says how to reach the proxy.
+type Config struct {
+	Socket string      // unix socket path (preferred)
+	URL    string      // https://host:port, when not on the socket
+	TLS    *tls.Config // client certificate etc. for URL
+	ID     string
+	Key    string // or KeyFile
+	// KeyFile holds the API key (a systemd credential, a Kubernetes Secret
+	// mount); read once at New.
+	KeyFile   string
+	IDHeader  string // default CUSTODIA_AUTH_ID
+	KeyHeader string // default CUSTODIA_AUTH_KEY
+	CacheTTL  time.Duration
+	Timeout   time.Duration // per attempt; default 10s
+	Retries   int           // default 4
+}
+
+// Client is safe for concurrent use.
+type Client struct {
+	cfg  Config
+	base string
+	http *http.Client
+
+	mu    sync.RWMutex
+	cache map[string]cached
+	gen   uint64 // bumped on every invalidation; a fetch that raced one is not cached
+}
+
+type cached struct {
+	v       []byte
+	expires time.Time
+}
+
+// New returns a client. The key is taken from Config.Key, Config.KeyFile or
+// the SEALRUN_API_KEY environment variable, in that order.
+func New(cfg Config) (*Client, error) {
+	if cfg.IDHeader == "" {
+		cfg.IDHeader = "CUSTODIA_AUTH_ID"
+	}
+	if cfg.KeyHeader == "" {
+		cfg.KeyHeader = "CUSTODIA_AUTH_KEY"
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = 4
+	}
+	if cfg.CacheTTL <= 0 {
+		cfg.CacheTTL = 30 * time.Second
+	}
+	if cfg.Key == "" && cfg.KeyFile != "" {
+		b, err := os.ReadFile(cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("API key file: %w", err)
+		}
+		cfg.Key = strings.TrimSpace(string(b))
+	}
+	if cfg.Key == "" {
+		cfg.Key = os.Getenv("SEALRUN_API_KEY")
+	}
+	if cfg.ID == "" || cfg.Key == "" {
+		return nil, errors.New("secrets proxy client needs an API id and key (key from key_file or SEALRUN_API_KEY)")
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second, TLSClientConfig: cfg.TLS}
+	c := &Client{cfg: cfg, cache: map[string]cached{}}
+	switch {
+	case cfg.Socket != "":
+		sock := cfg.Socket
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}
+		c.base = "http://sealrun-proxy"
+	case cfg.URL != "":
+		u, err := url.Parse(cfg.URL)
+		if err != nil || u.Scheme != "https" {
+			return nil, fmt.Errorf("proxy URL %q must be https://host:port", cfg.URL)
+		}
+		c.base = strings.TrimSuffix(cfg.URL, "/")
+	default:
+		return nil, errors.New("secrets proxy client needs a socket path or an https URL")
+	}
+	c.http = &http.Client{Transport: tr}
+	return c, nil
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+func escapeName(name string) string {
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		parts[i] = url.PathEscape(p)
+	}
+	return strings.Join(parts, "/")
+}
+
+// do sends one request with retries; body may be nil. The response body is
+// returned read, except for streams (stream=true).
+func (c *Client) do(ctx context.Context, method, path string, body []byte, hdr map[string]string) ([]byte, error) {
+	var last error
+	for attempt := range c.cfg.Retries {
+		if attempt > 0 {
+			// Full jitter, 50ms doubling, capped at 2s.
+			d := time.Duration(rand.Int64N(int64(min(50*time.Millisecond<<attempt, 2*time.Second))))
+			select {
+			case <-ctx.Done():
+				return nil, errors.Join(ctx.Err(), last)
+			case <-time.After(d):
+			}
+		}
+		out, retry, err := c.once(ctx, method, path, body, hdr)
+		if err == nil || !retry {
+			return out, err
+		}
+		last = err
+	}
+	return nil, last
+}
+
+func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr map[string]string) ([]byte, bool, error) {
+	actx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(actx, method, c.base+path, rd)
+	if err != nil {
+		return nil, false, err
+	}
+	req.Header.Set(c.cfg.IDHeader, c.cfg.ID)
+	req.Header.Set(c.cfg.KeyHeader, c.cfg.Key)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, false, ctx.Err()
+		}
+		return nil, true, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, true, fmt.Errorf("%w: reading response: %v", ErrUnavailable, err)
+	}
+	if resp.StatusCode < 300 {
+		return out, false, nil
+	}
+	var eb struct{ Error string }
+	json.Unmarshal(out, &eb)
+	e := &Error{Status: resp.StatusCode, Msg: eb.Error}
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		e.kind = ErrNotFound
+	case http.StatusUnauthorized:
+		e.kind = ErrUnauthorized
+	case http.StatusForbidden:
+		e.kind = ErrForbidden
+	case http.StatusConflict:
+		e.kind = ErrConflict
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+		e.kind = ErrUnavailable
+		return nil, true, e
+	}
+	return nil, false, e
+}
+
+// Get reads a value, from the cache when fresh.
+func (c *Client) Get(ctx context.Context, name string) ([]byte, error) {
+	c.mu.RLock()
+	e, ok := c.cache[name]
+	gen := c.gen
+	c.mu.RUnlock()
+	if ok && time.Now().Before(e.expires) {
+		return e.v, nil
+	}
+	v, err := c.GetFresh(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.gen == gen { // no invalidation raced the fetch
+		c.cache[name] = cached{v: v, expires: time.Now().Add(c.cfg.CacheTTL)}
+	}
+	c.mu.Unlock()
+	return v, nil
+}
+
+// GetFresh reads a value from the proxy, bypassing the cache.
+func (c *Client) GetFresh(ctx context.Context, name string) ([]byte, error) {
+	out, err := c.do(ctx, http.MethodGet, "/secrets/"+escapeName(name), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var msg struct {
+		Type  string `json:"type"`
+		Value string `json:"value"`
+	}
+	if err := json.Unmarshal(out, &msg); err != nil || msg.Type != "simple" {
+		return nil, fmt.Errorf("secrets proxy: unexpected reply to GET %s", name)
+	}
+	return []byte(msg.Value), nil
+}
+
+// Put creates a value; ErrConflict if it exists.
+func (c *Client) Put(ctx context.Context, name string, v []byte) error {
+	body, _ := json.Marshal(map[string]string{"type": "simple", "value": string(v)})
+	_, err := c.do(ctx, http.MethodPut, "/secrets/"+escapeName(name), body, map[string]string{"Content-Type": "application/json"})
+	c.Invalidate(name)
+	return err
+}
+
+// Delete removes a value.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/secrets/"+escapeName(name), nil, nil)
+	c.Invalidate(name)
+	return err
+}
+
+// CreateContainer creates a container (parents must exist).
+func (c *Client) CreateContainer(ctx context.Context, name string) error {
+	_, err := c.do(ctx, http.MethodPost, "/secrets/"+escapeName(strings.TrimSuffix(name, "/"))+"/", nil, nil)
+	return err
+}
+
+// List returns a container's subtree, as the proxy sorts it.
+func (c *Client) List(ctx context.Context, container string) ([]string, error) {
+	p := "/secrets/"
+	if container = strings.Trim(container, "/"); container != "" {
+		p += escapeName(container) + "/"
+	}
+	out, err := c.do(ctx, http.MethodGet, p, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	if err := json.Unmarshal(out, &names); err != nil {
+		return nil, fmt.Errorf("secrets proxy: unexpected reply to list %s", container)
+	}
+	return names, nil
+}
+
+// Invalidate drops name from the cache.
+func (c *Client) Invalidate(name string) {
+	c.mu.Lock()
+	delete(c.cache, name)
+	c.gen++
+	c.mu.Unlock()
+}
+
+// InvalidateAll empties the cache.
+func (c *Client) InvalidateAll() {
+	c.mu.Lock()
+	c.cache = map[string]cached{}
+	c.gen++
+	c.mu.Unlock()
+}
+
+// Event is a change under a watched container.
+type Event struct {
+	Type     string `json:"type"` // "put" or "delete"
+	Path     string `json:"path"` // "/secrets/..."
+	Revision int64  `json:"revision"`
+}
+
+// Name is the event's path without the leading /secrets/.
+func (e Event) Name() string { return strings.TrimPrefix(e.Path, "/secrets/") }
+
+// Watch streams changes below container until ctx ends or the stream breaks
+// (then the channel closes). ready is closed once the server is watching:
+// values read after it are covered by the stream.
+func (c *Client) Watch(ctx context.Context, container string) (events <-chan Event, ready <-chan struct{}, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/secrets/"+escapeName(strings.Trim(container, "/"))+"/?watch=1", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set(c.cfg.IDHeader, c.cfg.ID)
+	req.Header.Set(c.cfg.KeyHeader, c.cfg.Key)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		var eb struct{ Error string }
+		json.Unmarshal(b, &eb)
+		e := &Error{Status: resp.StatusCode, Msg: eb.Error}
+		switch resp.StatusCode {
+		case http.StatusNotFound:
+			e.kind = ErrNotFound
+		case http.StatusUnauthorized:
+			e.kind = ErrUnauthorized
+		case http.StatusForbidden:
+			e.kind = ErrForbidden
+		default:
+			e.kind = ErrUnavailable
+		}
+		return nil, nil, e
+	}
+	out := make(chan Event, 16)
+	rdy := make(chan struct{})
+	go func() {
+		defer close(out)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		var event string
+		readyClosed := false
+		defer func() {
+			if !readyClosed {
+				close(rdy)
+			}
+		}()
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				event = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: "):
+				switch event {
+				case "ready":
+					if !readyClosed {
+						close(rdy)
+						readyClosed = true
+					}
+				case "change":
+					var ev Event
+					if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev) == nil {
+						select {
+						case out <- ev:
+						case <-ctx.Done():
+							return
+						}
+					}
+				case "error":
+					return
+				}
+			}
+		}
+	}()
+	return out, rdy, nil
+}
+
+// KeepCacheFresh watches containers and invalidates cached values as they
+// change, until ctx ends. Whenever a watch is not established (at start,
+// after a break) the cache is dropped, so no value outlives a missed event
+// for longer than it takes to notice the break. onChange, if set, is called
+// for every event and after every re-established watch (with a zero Event).
+func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), containers ...string) {
+	var wg sync.WaitGroup
+	for _, ct := range containers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			backoff := 100 * time.Millisecond
+			for ctx.Err() == nil {
+				c.InvalidateAll()
+				events, ready, err := c.Watch(ctx, ct)
+				if err == nil {
+					<-ready
+					c.InvalidateAll() // anything cached before ready may be stale
+					if onChange != nil {
+						onChange(Event{})
+					}
+					backoff = 100 * time.Millisecond
+					for ev := range events {
+						c.Invalidate(ev.Name())
+						if onChange != nil {
+							onChange(ev)
+						}
+					}
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Duration(rand.Int64N(int64(backoff))) + backoff/2):
+				}
+				backoff = min(backoff*2, 5*time.Second)
+			}
+		}()
+	}
+	wg.Wait()
+}

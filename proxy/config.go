@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+
+	storageconfig "github.com/sealrun/sealrun/storage/config"
+)
+
+// Config is the secrets proxy's configuration file. Unknown fields are
+// errors. The storage section is the storage package's own format (secrets
+// and state backends), decoded by it with its own strict rules.
+type Config struct {
+	Listen    Listen    `yaml:"listen"`
+	OpsListen string    `yaml:"ops_listen"` // host:port for /healthz, /readyz, /metrics; empty: off
+	Auth      Auth      `yaml:"auth"`
+	Limits    Limits    `yaml:"limits"`
+	AuditLog  string    `yaml:"audit_log"`
+	Storage   yaml.Node `yaml:"storage"`
+
+	storage *storageconfig.Config
+}
+
+// Listen says where the API is served.
+type Listen struct {
+	Socket      string `yaml:"socket"`       // default /run/sealrun/secrets.sock
+	SocketMode  string `yaml:"socket_mode"`  // octal, "0600" (default) or "0660"
+	SocketGroup string `yaml:"socket_group"` // group owning the socket, with 0660
+	TCP         *TCP   `yaml:"tcp"`
+}
+
+// TCP serves the API over TLS 1.3 with client certificates (for sidecar-less
+// deployments); the API key is still required.
+type TCP struct {
+	Address      string `yaml:"address"`
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// Auth configures authentication.
+type Auth struct {
+	IDHeader    string `yaml:"id_header"`    // default CUSTODIA_AUTH_ID
+	KeyHeader   string `yaml:"key_header"`   // default CUSTODIA_AUTH_KEY
+	AllowedUIDs []int  `yaml:"allowed_uids"` // unix peers must also run as one of these
+}
+
+// Limits bound what one client can cost.
+type Limits struct {
+	MaxBody int64   `yaml:"max_body"` // bytes, default 1 MiB
+	Rate    float64 `yaml:"rate"`     // requests/s per credential, default 200
+	Burst   int     `yaml:"burst"`    // default 400
+}
+
+// LoadConfig reads and validates a proxy configuration file.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read proxy config: %w", err)
+	}
+	c, err := DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("proxy config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// DecodeConfig strictly decodes one YAML document, applies defaults and
+// validates.
+func DecodeConfig(r io.Reader) (*Config, error) {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty config")
+		}
+		return nil, err
+	}
+	if c.Storage.Kind == 0 {
+		return nil, errors.New("storage: required (the secrets and state backends the proxy fronts)")
+	}
+	raw, err := yaml.Marshal(&c.Storage)
+	if err != nil {
+		return nil, fmt.Errorf("storage: %w", err)
+	}
+	if c.storage, err = storageconfig.Decode(bytes.NewReader(raw)); err != nil {
+		return nil, fmt.Errorf("storage: %w", err)
+	}
+	if c.Listen.Socket == "" {
+		c.Listen.Socket = "/run/sealrun/secrets.sock"
+	}
+	if c.Listen.SocketMode == "" {
+		c.Listen.SocketMode = "0600"
+	}
+	if c.AuditLog == "" {
+		c.AuditLog = "/var/lib/sealrun/audit.log"
+	}
+	if _, err := c.SocketMode(); err != nil {
+		return nil, err
+	}
+	if t := c.Listen.TCP; t != nil && (t.Address == "" || t.CertFile == "" || t.KeyFile == "" || t.ClientCAFile == "") {
+		return nil, errors.New("listen.tcp: address, cert_file, key_file and client_ca_file are all required (TLS 1.3 with client certificates)")
+	}
+	if c.Limits.MaxBody < 0 || c.Limits.Rate < 0 || c.Limits.Burst < 0 {
+		return nil, errors.New("limits: values must not be negative")
+	}
+	return &c, nil
+}
+
+// StorageConfig is the decoded storage section.
+func (c *Config) StorageConfig() *storageconfig.Config { return c.storage }
+
+// SocketMode parses listen.socket_mode.
+func (c *Config) SocketMode() (os.FileMode, error) {
+	m, err := strconv.ParseUint(c.Listen.SocketMode, 8, 32)
+	if err != nil || (m != 0o600 && m != 0o660) {
+		return 0, fmt.Errorf("listen.socket_mode %q: want \"0600\" or \"0660\"", c.Listen.SocketMode)
+	}
+	if m == 0o660 && c.Listen.SocketGroup == "" {
+		return 0, errors.New("listen.socket_mode 0660 needs listen.socket_group")
+	}
+	return os.FileMode(m), nil
+}
+
+// Options turns the config into server options (Store, Credentials and
+// Audit still to be filled in).
+func (c *Config) Options() Options {
+	return Options{IDHeader: c.Auth.IDHeader, KeyHeader: c.Auth.KeyHeader, AllowedUIDs: c.Auth.AllowedUIDs,
+		MaxBody: c.Limits.MaxBody, Rate: c.Limits.Rate, Burst: c.Limits.Burst}
+}

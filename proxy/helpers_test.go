@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/storage"
+	etcddrv "github.com/sealrun/sealrun/storage/etcd"
+	"github.com/sealrun/sealrun/storage/overlay"
+	vaultdrv "github.com/sealrun/sealrun/storage/vault"
+)
+
+// overlayStore is the production shape: the Custodia-compatible overlay on
+// a real (embedded) etcd for secrets, plain etcd for state.
+func overlayStore(t testing.TB) *storage.Service {
+	t.Helper()
+	cli := testenv.Etcd(t)
+	raw := make([]byte, overlay.KeySize)
+	rand.Read(raw)
+	k, err := overlay.NewKey("k1", raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := overlay.NewKeyRing(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := storage.New(overlay.New(etcddrv.New(cli, "/sealrun/secrets/"), ring, overlay.Pinning),
+		etcddrv.New(cli, "/sealrun/state/"), storage.Options{Registry: Registry(), Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	return svc
+}
+
+type fixture struct {
+	store    Store
+	srv      *Server
+	sock     string
+	audit    string
+	adminKey string
+	logs     *strings.Builder
+}
+
+func startProxy(t testing.TB, store Store, tweak func(*Options)) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &fixture{store: store, sock: filepath.Join(dir, "run", "secrets.sock"), audit: filepath.Join(dir, "audit.log"), logs: &strings.Builder{}}
+	al, err := audit.Open(f.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := NewCredentials(store)
+	o := Options{Store: store, Credentials: creds, Audit: al}
+	if tweak != nil {
+		tweak(&o)
+	}
+	f.srv, err = NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := ListenUnix(f.sock, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := f.srv.HTTPServer()
+	go hs.Serve(ln)
+	ctx, cancel := context.WithCancel(context.Background())
+	go creds.WatchRevocations(ctx)
+	t.Cleanup(func() {
+		cancel()
+		hs.Close()
+		al.Close()
+	})
+	f.adminKey, err = creds.Create(context.Background(), "admin", Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// raw sends one literal HTTP/1.1 request over the socket, so paths reach the
+// server exactly as written (no client-side cleaning), and returns status
+// and body.
+func (f *fixture) raw(t testing.TB, method, path string, hdr map[string]string, body string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n", method, path)
+	for k, v := range hdr {
+		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+	}
+	if body != "" || method == "PUT" || method == "POST" {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
+	}
+	b.WriteString("\r\n")
+	b.WriteString(body)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(out)
+}
+
+// as returns headers authenticating with id and key.
+func as(id, key string, extra ...string) map[string]string {
+	h := map[string]string{DefaultIDHeader: id, DefaultKeyHeader: key}
+	for i := 0; i+1 < len(extra); i += 2 {
+		h[extra[i]] = extra[i+1]
+	}
+	return h
+}
+
+func (f *fixture) admin(extra ...string) map[string]string { return as("admin", f.adminKey, extra...) }
+
+// etcddrvSecretish is a plain etcd driver standing in as the secret backend
+// where a test is about availability, not encryption.
+func etcddrvSecretish(cli *clientv3.Client) *etcddrv.Driver { return etcddrv.New(cli, "/secrets/") }
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// vaultStore puts secrets in a real Vault dev server (KV v2), each test
+// under its own prefix; state stays in etcd.
+func vaultStore(t testing.TB) *storage.Service {
+	t.Helper()
+	addr, token := testenv.Vault(t)
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = addr
+	vc, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc.SetToken(token)
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := fmt.Sprintf("proxytest-%x", b)
+	svc, err := storage.New(vaultdrv.New(vc, vaultdrv.Options{Mount: "secret", Prefix: prefix, PollInterval: 100 * time.Millisecond}),
+		etcddrv.New(testenv.Etcd(t), "/state/"), storage.Options{Registry: Registry(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	return svc
+}
+
+// backends are the secret stores every API test runs against.
+var backends = map[string]func(testing.TB) *storage.Service{"overlay-etcd": overlayStore, "vault": vaultStore}

@@ -1,0 +1,275 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/driver"
+)
+
+// The API namespace maps onto models:
+//
+//	/secrets/<name>                  a Custodia value: secrets.Raw{Name: name}
+//	/secrets/<c>/                    a Custodia container: Container{Path: c}
+//	/secrets/sealrun/<kind>/<key>    a typed model; the value is its JSON
+//
+// "sealrun" is therefore a reserved top-level name.
+
+// target is a resolved name.
+type target struct {
+	typed bool
+	kind  string // typed only
+	key   string
+}
+
+func resolve(name string) (target, error) {
+	rest, ok := strings.CutPrefix(name, typedPrefix)
+	if !ok || (rest != "" && rest[0] != '/') {
+		return target{key: name}, nil
+	}
+	rest = strings.TrimPrefix(rest, "/")
+	kind, key, _ := strings.Cut(rest, "/")
+	if kind != "" && !exposedKinds[kind] {
+		if kind == secrets.KindAPICredential {
+			return target{}, fail(http.StatusForbidden, "API credentials are not readable through the API")
+		}
+		return target{}, fail(http.StatusNotFound, "no model kind %q under /secrets/%s/ (kinds: %s)", kind, typedPrefix, strings.Join(exposedKindList(), ", "))
+	}
+	return target{typed: true, kind: kind, key: key}, nil
+}
+
+func exposedKindList() []string {
+	var ks []string
+	for k := range exposedKinds {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+func (s *Server) get(ctx context.Context, name string) (value, error) {
+	t, err := resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	if !t.typed {
+		m := &secrets.Raw{Name: name}
+		if _, err := s.o.Store.Get(ctx, m); err != nil {
+			return nil, err
+		}
+		return value(m.Value), nil
+	}
+	if t.key == "" {
+		return nil, fail(http.StatusNotFound, "not found")
+	}
+	m, err := s.o.Store.Registry().New(t.kind, t.key)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.o.Store.Get(ctx, m); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(m)
+	return value(b), err
+}
+
+func (s *Server) put(ctx context.Context, name string, v value) error {
+	t, err := resolve(name)
+	if err != nil {
+		return err
+	}
+	if !t.typed {
+		if err := s.requireParent(ctx, name); err != nil {
+			return err
+		}
+		_, err := s.o.Store.Put(ctx, &secrets.Raw{Name: name, Value: secrets.Secret(v)}, driver.PutOptions{IfAbsent: true})
+		return err
+	}
+	if t.key == "" {
+		return fail(http.StatusMethodNotAllowed, "PUT needs /secrets/%s/<kind>/<key>", typedPrefix)
+	}
+	m, err := s.o.Store.Registry().New(t.kind, t.key)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(v)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(m); err != nil {
+		return fail(http.StatusBadRequest, "value is not a JSON %s model: %s", t.kind, jsonErrorShape(err))
+	}
+	if m.Key() != t.key {
+		return fail(http.StatusBadRequest, "the value's key %q does not match the path's %q", m.Key(), t.key)
+	}
+	_, err = s.o.Store.Put(ctx, m, driver.PutOptions{IfAbsent: true})
+	return err
+}
+
+// jsonErrorShape describes a decode error without echoing input (which may
+// be secret).
+func jsonErrorShape(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return "invalid JSON"
+	case errors.As(err, &te):
+		return "field " + te.Field + " has the wrong type"
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return "invalid"
+}
+
+func (s *Server) delete(ctx context.Context, name string) error {
+	t, err := resolve(name)
+	if err != nil {
+		return err
+	}
+	if t.typed {
+		if t.key == "" {
+			return fail(http.StatusMethodNotAllowed, "typed model kinds cannot be deleted")
+		}
+		return s.o.Store.Delete(ctx, t.kind, t.key, driver.DeleteOptions{})
+	}
+	return s.o.Store.Delete(ctx, secrets.KindRaw, name, driver.DeleteOptions{})
+}
+
+// requireParent returns 404 unless the container holding name exists.
+func (s *Server) requireParent(ctx context.Context, name string) error {
+	parent := path.Dir(name)
+	if parent == "." {
+		return nil // the root container always exists
+	}
+	if _, err := s.o.Store.Get(ctx, &Container{Path: parent}); err != nil {
+		if storage.Code(err) == driver.NotFound {
+			return fail(http.StatusNotFound, "container /secrets/%s/ does not exist; create it with POST first", parent)
+		}
+		return err
+	}
+	return nil
+}
+
+func (s *Server) createContainer(ctx context.Context, name string) (created bool, err error) {
+	if name == "" {
+		return false, nil
+	}
+	t, err := resolve(name)
+	if err != nil {
+		return false, err
+	}
+	if t.typed {
+		if t.key != "" {
+			return false, fail(http.StatusBadRequest, "typed models have no sub-containers")
+		}
+		return false, nil // implicit containers always exist
+	}
+	if err := s.requireParent(ctx, name); err != nil {
+		return false, err
+	}
+	_, err = s.o.Store.Put(ctx, &Container{Path: name}, driver.PutOptions{IfAbsent: true})
+	if storage.Code(err) == driver.Conflict {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (s *Server) containerExists(ctx context.Context, name string) error {
+	if name == "" {
+		return nil
+	}
+	_, err := s.o.Store.Get(ctx, &Container{Path: name})
+	if storage.Code(err) == driver.NotFound {
+		return fail(http.StatusNotFound, "container /secrets/%s/ does not exist", name)
+	}
+	return err
+}
+
+// list returns the container's whole subtree, sorted: sub-containers as
+// "name/", values as "name" or "sub/name" (Custodia's listing).
+func (s *Server) list(ctx context.Context, name string) ([]string, error) {
+	t, err := resolve(name)
+	if err != nil {
+		return nil, err
+	}
+	if t.typed {
+		if t.kind == "" {
+			out := []string{}
+			for _, k := range exposedKindList() {
+				out = append(out, k+"/")
+			}
+			return out, nil
+		}
+		keys, err := s.o.Store.List(ctx, t.kind, t.key)
+		if err != nil {
+			return nil, err
+		}
+		return relative(keys, t.key, ""), nil
+	}
+	if err := s.containerExists(ctx, name); err != nil {
+		return nil, err
+	}
+	values, err := s.o.Store.List(ctx, secrets.KindRaw, name)
+	if err != nil {
+		return nil, err
+	}
+	containers, err := s.o.Store.List(ctx, KindContainer, name)
+	if err != nil {
+		return nil, err
+	}
+	out := append(relative(values, name, ""), relative(containers, name, "/")...)
+	if name == "" {
+		out = dropReserved(out)
+	}
+	return sortedUnique(out), nil
+}
+
+func relative(keys []string, base, suffix string) []string {
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if base != "" {
+			k = strings.TrimPrefix(k, base+"/")
+		}
+		out = append(out, k+suffix)
+	}
+	return out
+}
+
+func dropReserved(names []string) []string {
+	out := names[:0]
+	for _, n := range names {
+		if n != typedPrefix+"/" && !strings.HasPrefix(n, typedPrefix+"/") {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (s *Server) deleteContainer(ctx context.Context, name string) error {
+	t, err := resolve(name)
+	if err != nil {
+		return err
+	}
+	if name == "" || t.typed {
+		return fail(http.StatusMethodNotAllowed, "this container cannot be deleted")
+	}
+	if err := s.containerExists(ctx, name); err != nil {
+		return err
+	}
+	for _, kind := range []string{secrets.KindRaw, KindContainer} {
+		keys, err := s.o.Store.List(ctx, kind, name)
+		if err != nil {
+			return err
+		}
+		if len(keys) > 0 {
+			return fail(http.StatusConflict, "container /secrets/%s/ is not empty", name)
+		}
+	}
+	return s.o.Store.Delete(ctx, KindContainer, name, driver.DeleteOptions{})
+}

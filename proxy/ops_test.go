@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/storage"
+	etcddrv "github.com/sealrun/sealrun/storage/etcd"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// /metrics counts requests but never carries a value or key; /readyz
+// follows the backend.
+func TestOpsEndpoints(t *testing.T) {
+	cli := testenv.Etcd(t)
+	svc, err := storage.New(etcddrvSecretish(cli), etcddrv.New(cli, "/state/"), storage.Options{Registry: Registry(), Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := NewMetricsRegistry()
+	f := startProxy(t, svc, func(o *Options) { o.Metrics = reg })
+	const secret = "metrics-must-not-see-this"
+	f.raw(t, "PUT", "/secrets/m", f.admin(jsonCT, "application/json"), simple(secret))
+	f.raw(t, "GET", "/secrets/m", f.admin(), "")
+	ops := httptest.NewServer(OpsHandler(svc, reg))
+	defer ops.Close()
+	if code, _ := get(t, ops.URL+"/healthz"); code != 200 {
+		t.Fatalf("healthz %d", code)
+	}
+	if code, body := get(t, ops.URL+"/readyz"); code != 200 {
+		t.Fatalf("readyz %d %s", code, body)
+	}
+	code, metrics := get(t, ops.URL+"/metrics")
+	if code != 200 || !strings.Contains(metrics, `sealrun_proxy_requests_total{status="200",verb="get"} 1`) {
+		t.Fatalf("metrics: %d\n%s", code, metrics)
+	}
+	if strings.Contains(metrics, secret) || strings.Contains(metrics, f.adminKey) {
+		t.Fatal("metrics leak a secret")
+	}
+	cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", ops.URL+"/readyz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("readyz with backend down: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/sealrun/sealrun/proxy/audit"
+	storageconfig "github.com/sealrun/sealrun/storage/config"
+)
+
+// Run serves the proxy described by c until ctx ends, then shuts down
+// gracefully (in-flight requests get 10s). ready, if set, is called once
+// every listener accepts connections.
+func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket string)) error {
+	reg := NewMetricsRegistry()
+	store, err := storageconfig.OpenWith(ctx, c.StorageConfig(), storageOptions(reg))
+	if err != nil {
+		return fmt.Errorf("open storage: %w", err)
+	}
+	defer store.Close()
+	al, err := audit.Open(c.AuditLog)
+	if err != nil {
+		return err
+	}
+	defer al.Close()
+	creds := NewCredentials(store)
+	o := c.Options()
+	o.Store, o.Credentials, o.Audit, o.Metrics, o.Logger = store, creds, al, reg, log
+	srv, err := NewServer(o)
+	if err != nil {
+		return err
+	}
+
+	listeners, err := c.listeners()
+	if err != nil {
+		return err
+	}
+	var servers []*http.Server
+	var wg sync.WaitGroup
+	errc := make(chan error, len(listeners)+1)
+	serve := func(hs *http.Server, ln net.Listener) {
+		servers = append(servers, hs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	for _, ln := range listeners {
+		serve(srv.HTTPServer(), ln)
+	}
+	if c.OpsListen != "" {
+		ln, err := net.Listen("tcp", c.OpsListen)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return fmt.Errorf("ops listener: %w", err)
+		}
+		serve(&http.Server{Handler: OpsHandler(store, reg), ReadHeaderTimeout: 5 * time.Second}, ln)
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go creds.WatchRevocations(wctx)
+
+	log.Info("secrets proxy serving", "socket", c.Listen.Socket, "tcp", c.Listen.TCP != nil, "ops", c.OpsListen, "audit_log", c.AuditLog)
+	daemon.SdNotify(false, daemon.SdNotifyReady)
+	if ready != nil {
+		ready(c.Listen.Socket)
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for _, hs := range servers {
+		hs.Shutdown(sctx) // watch streams end with their request contexts
+	}
+	wg.Wait()
+	return runErr
+}
+
+// listeners returns the API listeners: systemd-activated sockets when
+// LISTEN_FDS is set, else the configured unix socket and optional TLS port.
+func (c *Config) listeners() ([]net.Listener, error) {
+	if ls, err := activation.Listeners(); err == nil && len(ls) > 0 {
+		return ls, nil
+	}
+	mode, err := c.SocketMode()
+	if err != nil {
+		return nil, err
+	}
+	unix, err := ListenUnix(c.Listen.Socket, mode, c.Listen.SocketGroup)
+	if err != nil {
+		return nil, err
+	}
+	out := []net.Listener{unix}
+	if t := c.Listen.TCP; t != nil {
+		cfg, err := serverTLS(t)
+		if err != nil {
+			unix.Close()
+			return nil, err
+		}
+		ln, err := tls.Listen("tcp", t.Address, cfg)
+		if err != nil {
+			unix.Close()
+			return nil, err
+		}
+		out = append(out, ln)
+	}
+	return out, nil
+}
+
+func serverTLS(t *TCP) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("listen.tcp certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(t.ClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("listen.tcp client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("listen.tcp client CA %s holds no PEM certificate", t.ClientCAFile)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, nil
+}

@@ -1,0 +1,495 @@
+// Package proxy is sealrun's secrets proxy: a Custodia-compatible HTTP API
+// on a unix socket (optionally TLS), with per-credential API keys and path
+// authorization, limits and a hash-chained audit log, fronting a
+// storage.Service. Nothing but the proxy holds the master key or the Vault
+// token; everything else reaches secrets through it.
+package proxy
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/driver"
+)
+
+// Default header names: CPD-101's id header and Custodia's default key header.
+const (
+	DefaultIDHeader  = "CUSTODIA_AUTH_ID"
+	DefaultKeyHeader = "CUSTODIA_AUTH_KEY"
+)
+
+// Options configure a Server.
+type Options struct {
+	Store       Store
+	Credentials *Credentials
+	Audit       *audit.Logger
+	IDHeader    string // default DefaultIDHeader
+	KeyHeader   string // default DefaultKeyHeader
+	// AllowedUIDs, when set, also requires unix peers to run as one of
+	// these uids (SO_PEERCRED), whatever their API key.
+	AllowedUIDs []int
+	MaxBody     int64   // bytes; default 1 MiB
+	Rate        float64 // requests/s per credential; default 200
+	Burst       int     // default 400
+	// AuthFailRate bounds failed authentications per peer (uid or IP), so
+	// a brute force is slowed and audited; default 2/s, burst 10.
+	AuthFailRate  float64
+	AuthFailBurst int
+	Metrics       prometheus.Registerer
+	Logger        *slog.Logger
+}
+
+// Server serves the API. It is an http.Handler.
+type Server struct {
+	o        Options
+	limits   sync.Map // credential id -> *rate.Limiter
+	failures sync.Map // peer -> *rate.Limiter
+	reqs     *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// NewServer checks opts and returns a Server.
+func NewServer(o Options) (*Server, error) {
+	if o.Store == nil || o.Credentials == nil || o.Audit == nil {
+		return nil, errors.New("proxy: Store, Credentials and Audit are required")
+	}
+	if o.IDHeader == "" {
+		o.IDHeader = DefaultIDHeader
+	}
+	if o.KeyHeader == "" {
+		o.KeyHeader = DefaultKeyHeader
+	}
+	if o.MaxBody <= 0 {
+		o.MaxBody = 1 << 20
+	}
+	if o.Rate <= 0 {
+		o.Rate, o.Burst = 200, 400
+	}
+	if o.Burst <= 0 {
+		o.Burst = int(o.Rate) + 1
+	}
+	if o.AuthFailRate <= 0 {
+		o.AuthFailRate, o.AuthFailBurst = 2, 10
+	}
+	if o.AuthFailBurst <= 0 {
+		o.AuthFailBurst = 1
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{o: o,
+		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sealrun_proxy_requests_total",
+			Help: "Secrets proxy requests by verb and HTTP status."}, []string{"verb", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sealrun_proxy_request_seconds",
+			Help: "Secrets proxy request latency, audit fsync included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}, []string{"verb"}),
+	}
+	if o.Metrics != nil {
+		for _, c := range []prometheus.Collector{s.reqs, s.latency} {
+			if err := o.Metrics.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return s, nil
+}
+
+// request is one API call being served.
+type request struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	rec    audit.Entry
+	verb   string
+	start  time.Time
+	logged bool
+}
+
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func fail(status int, format string, a ...any) error {
+	return &apiError{status: status, msg: fmt.Sprintf(format, a...)}
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/" {
+		if r.Method != http.MethodGet {
+			http.Error(w, `{"error":"method not allowed"}`, http.StatusMethodNotAllowed)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"message": "sealrun secrets proxy"})
+		return
+	}
+	q := &request{w: w, r: r, start: time.Now(), verb: strings.ToLower(r.Method)}
+	escaped := r.URL.EscapedPath()
+	q.rec = audit.Entry{Verb: r.Method, Path: truncate(escaped, MaxPathLen)}
+	if pc, ok := peerFrom(r.Context()); ok {
+		q.rec.PeerUID, q.rec.PeerPID = &pc.UID, &pc.PID
+	}
+	err := s.serve(q, escaped)
+	if err != nil {
+		var ae *apiError
+		if !errors.As(err, &ae) {
+			ae = s.backendError(err)
+		}
+		s.respond(q, ae.status, ae.msg, func() { writeJSON(w, ae.status, map[string]string{"error": ae.msg}) })
+	}
+}
+
+func (s *Server) serve(q *request, escaped string) error {
+	r := q.r
+	name, container, err := cleanSecretPath(escaped, r.URL.Path)
+	if err != nil {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	cred, err := s.authenticate(q)
+	if err != nil {
+		return err
+	}
+	q.rec.Credential = cred.ID
+	if lim := s.limiter(cred.ID); !lim.Allow() {
+		q.w.Header().Set("Retry-After", "1")
+		return fail(http.StatusTooManyRequests, "rate limit of %.0f requests/s for credential %s exceeded", s.o.Rate, cred.ID)
+	}
+	verb, err := verbOf(r, container)
+	if err != nil {
+		return err
+	}
+	q.verb = verb
+	authzPath := "/secrets/" + name
+	if container && name != "" {
+		authzPath += "/"
+	}
+	if !grantOf(cred).Allows(verb, authzPath) {
+		return fail(http.StatusForbidden, "credential %s may not %s %s", cred.ID, verb, authzPath)
+	}
+	ctx := r.Context()
+	switch verb {
+	case "get":
+		if err := checkQueryType(r); err != nil {
+			return err
+		}
+		v, err := s.get(ctx, name)
+		if err != nil {
+			return err
+		}
+		return s.writeValue(q, v)
+	case "put":
+		v, err := s.readValue(q)
+		if err != nil {
+			return err
+		}
+		if err := s.put(ctx, name, v); err != nil {
+			return err
+		}
+		return s.respond(q, http.StatusCreated, "", func() { q.w.WriteHeader(http.StatusCreated) })
+	case "delete":
+		if container {
+			err = s.deleteContainer(ctx, name)
+		} else {
+			err = s.delete(ctx, name)
+		}
+		if err != nil {
+			return err
+		}
+		return s.respond(q, http.StatusNoContent, "", func() { q.w.WriteHeader(http.StatusNoContent) })
+	case "create":
+		created, err := s.createContainer(ctx, name)
+		if err != nil {
+			return err
+		}
+		status := http.StatusOK
+		if created {
+			status = http.StatusCreated
+		}
+		return s.respond(q, status, "", func() { q.w.WriteHeader(status) })
+	case "list":
+		names, err := s.list(ctx, name)
+		if err != nil {
+			return err
+		}
+		return s.respond(q, http.StatusOK, "", func() { writeJSON(q.w, http.StatusOK, names) })
+	case "watch":
+		return s.watch(q, name)
+	}
+	return fail(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+}
+
+// verbOf maps method and path shape to an authorization verb.
+func verbOf(r *http.Request, container bool) (string, error) {
+	switch {
+	case r.Method == http.MethodGet && container && r.URL.Query().Get("watch") == "1":
+		return "watch", nil
+	case r.Method == http.MethodGet && container:
+		return "list", nil
+	case r.Method == http.MethodGet:
+		return "get", nil
+	case r.Method == http.MethodPut && !container:
+		return "put", nil
+	case r.Method == http.MethodDelete:
+		return "delete", nil
+	case r.Method == http.MethodPost && container:
+		return "create", nil
+	case r.Method == http.MethodPut, r.Method == http.MethodPost:
+		return "", fail(http.StatusMethodNotAllowed, "%s needs %s", r.Method, map[bool]string{true: "a secret name (no trailing slash)", false: "a container (trailing slash)"}[r.Method == http.MethodPut])
+	case r.Method == http.MethodHead, r.Method == http.MethodPatch, r.Method == http.MethodOptions:
+		return "", fail(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+	}
+	return "", fail(http.StatusNotImplemented, "method %s not implemented", r.Method)
+}
+
+func checkQueryType(r *http.Request) error {
+	if t := r.URL.Query().Get("type"); t != "" && t != "simple" {
+		return fail(http.StatusNotAcceptable, "message type %q is not supported (only simple)", t)
+	}
+	return nil
+}
+
+// authenticate checks the API id/key headers and peer uid; brute force is
+// rate-limited per peer before any key is checked.
+func (s *Server) authenticate(q *request) (*secrets.APICredential, error) {
+	peer := peerKey(q.r)
+	failLim := s.failLimiter(peer)
+	if failLim.Tokens() < 1 {
+		q.w.Header().Set("Retry-After", "1")
+		return nil, fail(http.StatusTooManyRequests, "too many failed authentications from this peer; wait before retrying")
+	}
+	id := q.r.Header.Get(s.o.IDHeader)
+	key := q.r.Header.Get(s.o.KeyHeader)
+	if id == "" || key == "" {
+		failLim.Allow()
+		return nil, fail(http.StatusUnauthorized, "missing %s or %s header", s.o.IDHeader, s.o.KeyHeader)
+	}
+	q.rec.Credential = truncate(id, 128)
+	cred, err := s.o.Credentials.Authenticate(q.r.Context(), id, key)
+	if errors.Is(err, errUnauthenticated) {
+		failLim.Allow()
+		return nil, fail(http.StatusUnauthorized, "%v", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(s.o.AllowedUIDs) > 0 {
+		pc, ok := peerFrom(q.r.Context())
+		allowed := false
+		for _, u := range s.o.AllowedUIDs {
+			allowed = allowed || (ok && pc.UID == u)
+		}
+		if !allowed {
+			return nil, fail(http.StatusForbidden, "peer uid is not allowed to use this socket")
+		}
+	}
+	return cred, nil
+}
+
+func peerKey(r *http.Request) string {
+	if pc, ok := peerFrom(r.Context()); ok {
+		return "uid:" + strconv.Itoa(pc.UID)
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return "addr:" + r.RemoteAddr
+	}
+	return "ip:" + host
+}
+
+func (s *Server) limiter(id string) *rate.Limiter {
+	if l, ok := s.limits.Load(id); ok {
+		return l.(*rate.Limiter)
+	}
+	l, _ := s.limits.LoadOrStore(id, rate.NewLimiter(rate.Limit(s.o.Rate), s.o.Burst))
+	return l.(*rate.Limiter)
+}
+
+func (s *Server) failLimiter(peer string) *rate.Limiter {
+	if l, ok := s.failures.Load(peer); ok {
+		return l.(*rate.Limiter)
+	}
+	l, _ := s.failures.LoadOrStore(peer, rate.NewLimiter(rate.Limit(s.o.AuthFailRate), s.o.AuthFailBurst))
+	return l.(*rate.Limiter)
+}
+
+// respond audits, then (only if the audit line is durable) writes.
+func (s *Server) respond(q *request, status int, reason string, write func()) error {
+	if q.logged {
+		return nil
+	}
+	q.logged = true
+	q.rec.Status = status
+	switch {
+	case status < 400:
+		q.rec.Outcome = "allowed"
+	case status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusTooManyRequests:
+		q.rec.Outcome = "denied"
+	default:
+		q.rec.Outcome = "error"
+	}
+	q.rec.Reason = truncate(reason, 512)
+	if err := s.o.Audit.Log(context.WithoutCancel(q.r.Context()), q.rec); err != nil {
+		s.o.Logger.Error("audit log failed; refusing the request", "err", err)
+		status = http.StatusServiceUnavailable
+		write = func() {
+			writeJSON(q.w, status, map[string]string{"error": "audit log unavailable; the request was not served"})
+		}
+	}
+	s.reqs.WithLabelValues(q.verb, strconv.Itoa(status)).Inc()
+	s.latency.WithLabelValues(q.verb).Observe(time.Since(q.start).Seconds())
+	write()
+	return nil
+}
+
+// backendError maps a storage error to a status with an actionable message
+// naming no value.
+func (s *Server) backendError(err error) *apiError {
+	switch storage.Code(err) {
+	case driver.NotFound:
+		return &apiError{http.StatusNotFound, "not found"}
+	case driver.Conflict:
+		return &apiError{http.StatusConflict, "already exists or changed concurrently"}
+	case driver.InvalidKey, driver.InvalidValue:
+		return &apiError{http.StatusBadRequest, err.Error()}
+	case driver.Unavailable, driver.Canceled:
+		s.o.Logger.Warn("secret backend unavailable", "err", err)
+		return &apiError{http.StatusServiceUnavailable, "secret backend unavailable; retry later"}
+	case driver.Integrity:
+		s.o.Logger.Error("stored value failed its integrity check", "err", err)
+		return &apiError{http.StatusInternalServerError, "stored value failed its integrity check (tampered, or encrypted under a key this proxy does not hold)"}
+	}
+	s.o.Logger.Error("backend error", "err", err)
+	return &apiError{http.StatusInternalServerError, "internal error; see the proxy log"}
+}
+
+// value is a secret as the API carries it.
+type value []byte
+
+func (s *Server) readValue(q *request) (value, error) {
+	r := q.r
+	body, err := io.ReadAll(http.MaxBytesReader(q.w, r.Body, s.o.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, fail(http.StatusRequestEntityTooLarge, "body larger than %d bytes", s.o.MaxBody)
+		}
+		return nil, fail(http.StatusBadRequest, "reading body: %v", err)
+	}
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch ct {
+	case "application/octet-stream":
+		if len(body) == 0 {
+			return nil, fail(http.StatusBadRequest, "empty values cannot be stored")
+		}
+		return value(base64.StdEncoding.EncodeToString(body)), nil
+	case "application/json":
+	default:
+		return nil, fail(http.StatusBadRequest, "Content-Type must be application/json or application/octet-stream")
+	}
+	var msg struct {
+		Type  *string          `json:"type"`
+		Value *json.RawMessage `json:"value"`
+	}
+	if err := json.Unmarshal(body, &msg); err != nil || msg.Type == nil {
+		return nil, fail(http.StatusBadRequest, `body must be {"type": "simple", "value": "<string>"}`)
+	}
+	if *msg.Type != "simple" {
+		return nil, fail(http.StatusNotAcceptable, "message type %q is not supported (only simple)", *msg.Type)
+	}
+	var v string
+	if msg.Value == nil || json.Unmarshal(*msg.Value, &v) != nil {
+		return nil, fail(http.StatusBadRequest, "value must be a string")
+	}
+	if v == "" {
+		return nil, fail(http.StatusBadRequest, "empty values cannot be stored")
+	}
+	return value(v), nil
+}
+
+func (s *Server) writeValue(q *request, v value) error {
+	if accepts(q.r, "application/octet-stream") {
+		raw, err := base64.StdEncoding.Strict().DecodeString(string(v))
+		if err != nil {
+			raw = v // stored as text: hand it back as it is
+		}
+		return s.respond(q, http.StatusOK, "", func() {
+			q.w.Header().Set("Content-Type", "application/octet-stream")
+			q.w.WriteHeader(http.StatusOK)
+			q.w.Write(raw)
+		})
+	}
+	return s.respond(q, http.StatusOK, "", func() {
+		writeJSON(q.w, http.StatusOK, map[string]string{"type": "simple", "value": string(v)})
+	})
+}
+
+func accepts(r *http.Request, ct string) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		if mt, _, _ := mime.ParseMediaType(strings.TrimSpace(part)); mt == ct {
+			return true
+		}
+	}
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// sortedUnique sorts names and drops duplicates.
+func sortedUnique(names []string) []string {
+	sort.Strings(names)
+	out := names[:0]
+	for i, n := range names {
+		if i == 0 || n != names[i-1] {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// HTTPServer returns an http.Server for s with timeouts against slow
+// clients (watch streams lift the write deadline themselves) and unix peer
+// credentials recorded for authorization and audit.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ConnContext:       ConnContext,
+		ErrorLog:          slog.NewLogLogger(s.o.Logger.Handler(), slog.LevelWarn),
+	}
+}

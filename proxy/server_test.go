@@ -1,0 +1,291 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/sealrun/sealrun/proxy/audit"
+)
+
+const jsonCT = "Content-Type"
+
+func simple(v string) string {
+	b, _ := json.Marshal(map[string]string{"type": "simple", "value": v})
+	return string(b)
+}
+
+type step struct {
+	method, path string
+	hdr          []string // extra header pairs
+	body         string
+	status       int
+	want         string // substring of the body, when set
+}
+
+func runSteps(t *testing.T, f *fixture, steps []step) {
+	t.Helper()
+	for _, s := range steps {
+		code, body := f.raw(t, s.method, s.path, f.admin(s.hdr...), s.body)
+		if code != s.status || (s.want != "" && !strings.Contains(body, s.want)) {
+			t.Fatalf("%s %s: %d %q; want %d with %q", s.method, s.path, code, body, s.status, s.want)
+		}
+	}
+}
+
+// Every verb and status code of the Custodia API (custodia.md), against the
+// real server over a real socket, backed by the overlay on embedded etcd.
+func TestCustodiaAPI(t *testing.T) {
+	for name, store := range backends {
+		t.Run(name, func(t *testing.T) { testCustodiaAPI(t, store(t)) })
+	}
+}
+
+func testCustodiaAPI(t *testing.T, store Store) {
+	f := startProxy(t, store, nil)
+	ctJSON := []string{jsonCT, "application/json"}
+	runSteps(t, f, []step{
+		{"GET", "/", nil, "", 200, "message"},
+		{"PUT", "/secrets/hosts/h1", ctJSON, simple("v1"), 404, "POST"},
+		{"POST", "/secrets/hosts", nil, "", 405, ""},
+		{"POST", "/secrets/hosts/", nil, "", 201, ""},
+		{"POST", "/secrets/hosts/", nil, "", 200, ""},
+		{"POST", "/secrets/a/b/", nil, "", 404, ""},
+		{"PUT", "/secrets/hosts/h1", ctJSON, simple("ssh-key-one"), 201, ""},
+		{"PUT", "/secrets/hosts/h1", ctJSON, simple("other"), 409, ""},
+		{"PUT", "/secrets/hosts/h2", ctJSON, `{"type":"simple","value":`, 400, ""},
+		{"PUT", "/secrets/hosts/h2", ctJSON, `{"type":"simple","value":5}`, 400, "string"},
+		{"PUT", "/secrets/hosts/h2", ctJSON, `{"type":"kem","value":"x"}`, 406, ""},
+		{"PUT", "/secrets/hosts/h2", []string{jsonCT, "text/plain"}, simple("x"), 400, "Content-Type"},
+		{"PUT", "/secrets/hosts/h2", ctJSON, simple(""), 400, "empty"},
+		{"GET", "/secrets/hosts/h2", nil, "", 404, ""},
+		{"GET", "/secrets/hosts/h1", nil, "", 200, `"value":"ssh-key-one"`},
+		{"GET", "/secrets/hosts/h1?type=simple&value=x", nil, "", 200, `ssh-key-one`},
+		{"GET", "/secrets/hosts/h1?type=kem", nil, "", 406, ""},
+		{"PUT", "/secrets/hosts/bin", []string{jsonCT, "application/octet-stream"}, "\x00\x01binary\xff", 201, ""},
+		{"GET", "/secrets/hosts/bin", []string{"Accept", "application/octet-stream"}, "", 200, "\x00\x01binary\xff"},
+		{"GET", "/secrets/hosts/bin", nil, "", 200, `"value":"AAFiaW5hcnn/"`},
+		{"POST", "/secrets/hosts/sub/", nil, "", 201, ""},
+		{"PUT", "/secrets/hosts/sub/x", ctJSON, simple("deep"), 201, ""},
+		{"GET", "/secrets/hosts/", nil, "", 200, `["bin","h1","sub/","sub/x"]`},
+		{"GET", "/secrets/", nil, "", 200, `["hosts/","hosts/bin","hosts/h1","hosts/sub/","hosts/sub/x"]`},
+		{"GET", "/secrets/missing/", nil, "", 404, ""},
+		{"DELETE", "/secrets/hosts/", nil, "", 409, "not empty"},
+		{"DELETE", "/secrets/hosts/h1", nil, "", 204, ""},
+		{"DELETE", "/secrets/hosts/h1", nil, "", 404, ""},
+		{"DELETE", "/secrets/missing/", nil, "", 404, ""},
+		{"DELETE", "/secrets/hosts/sub/x", nil, "", 204, ""},
+		{"DELETE", "/secrets/hosts/sub/", nil, "", 204, ""},
+		{"DELETE", "/secrets/hosts/bin", nil, "", 204, ""},
+		{"DELETE", "/secrets/hosts/", nil, "", 204, ""},
+		{"GET", "/secrets/hosts/", nil, "", 404, ""},
+		{"PATCH", "/secrets/x", nil, "", 405, ""},
+		{"PUT", "/secrets/c/", ctJSON, simple("x"), 405, ""},
+		{"BREW", "/secrets/x", nil, "", 501, ""},
+	})
+}
+
+// Typed models are reachable under /secrets/sealrun/<kind>/<key>; API
+// credentials never are.
+func TestTypedModels(t *testing.T) {
+	for name, store := range backends {
+		t.Run(name, func(t *testing.T) { testTypedModels(t, store(t)) })
+	}
+}
+
+func testTypedModels(t *testing.T, store Store) {
+	f := startProxy(t, store, nil)
+	ct := []string{jsonCT, "application/json"}
+	model := `{"queue_prefix":"rmq_cpu_","public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9d alice"}`
+	runSteps(t, f, []step{
+		{"GET", "/secrets/sealrun/", nil, "", 200, `"signing-key/"`},
+		{"PUT", "/secrets/sealrun/signing-key/rmq_cpu_", ct, simple(model), 201, ""},
+		{"PUT", "/secrets/sealrun/signing-key/rmq_gpu_", ct, simple(model), 400, "does not match"},
+		{"PUT", "/secrets/sealrun/signing-key/rmq_x_", ct, simple(`{"bogus":1}`), 400, "unknown field"},
+		{"GET", "/secrets/sealrun/signing-key/rmq_cpu_", nil, "", 200, `rmq_cpu_`},
+		{"GET", "/secrets/sealrun/signing-key/", nil, "", 200, `["rmq_cpu_"]`},
+		{"GET", "/secrets/sealrun/api-credential/admin", nil, "", 403, "not readable"},
+		{"GET", "/secrets/sealrun/job/x", nil, "", 404, "no model kind"},
+		{"DELETE", "/secrets/sealrun/signing-key/rmq_cpu_", nil, "", 204, ""},
+	})
+}
+
+func auditLines(t *testing.T, path string) []audit.Entry {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []audit.Entry
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var e audit.Entry
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("audit line %q: %v", l, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func TestSecurity(t *testing.T) {
+	for name, store := range backends {
+		t.Run(name, func(t *testing.T) { testSecurity(t, store(t)) })
+	}
+}
+
+func testSecurity(t *testing.T, store Store) {
+	f := startProxy(t, store, func(o *Options) { o.MaxBody = 4096 })
+	ctx := context.Background()
+	creds := f.srv.o.Credentials
+	aliceKey, err := creds.Create(ctx, "alice", Grant{Paths: []string{"/secrets/alice"}, Verbs: []string{"get", "put", "create", "list"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const secretValue = "Tr0ub4dor&3-secret-value"
+	runSteps(t, f, []step{
+		{"POST", "/secrets/alice/", nil, "", 201, ""},
+		{"POST", "/secrets/bob/", nil, "", 201, ""},
+		{"PUT", "/secrets/bob/k", []string{jsonCT, "application/json"}, simple(secretValue), 201, ""},
+	})
+	fi, err := os.Stat(f.sock)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	long := "/secrets/" + strings.Repeat("a", MaxPathLen)
+	cases := []struct {
+		name   string
+		method string
+		path   string
+		hdr    map[string]string
+		body   string
+		status int
+	}{
+		{"no credential", "GET", "/secrets/alice/x", nil, "", 401},
+		{"wrong key", "GET", "/secrets/alice/x", as("alice", "sr1.wrong"), "", 401},
+		{"unknown id", "GET", "/secrets/alice/x", as("mallory", aliceKey), "", 401},
+		{"key of another id", "GET", "/secrets/alice/x", as("admin", aliceKey), "", 401},
+		{"other credential's path", "GET", "/secrets/bob/k", as("alice", aliceKey), "", 403},
+		{"prefix is not a segment", "GET", "/secrets/alicex/k", as("alice", aliceKey), "", 403},
+		{"verb not granted", "DELETE", "/secrets/alice/k", as("alice", aliceKey), "", 403},
+		{"dot-dot", "GET", "/secrets/alice/../bob/k", as("alice", aliceKey), "", 400},
+		{"encoded dot-dot", "GET", "/secrets/alice/%2e%2e/bob/k", as("alice", aliceKey), "", 400},
+		{"encoded slash", "GET", "/secrets/alice%2f..%2fbob/k", as("alice", aliceKey), "", 400},
+		{"double slash", "GET", "/secrets/alice//k", as("alice", aliceKey), "", 400},
+		{"dot segment", "GET", "/secrets/alice/./k", as("alice", aliceKey), "", 400},
+		{"NUL", "GET", "/secrets/alice/k%00x", as("alice", aliceKey), "", 400},
+		{"backslash", "GET", "/secrets/alice/..%5cbob", as("alice", aliceKey), "", 400},
+		{"over-long", "GET", long, as("alice", aliceKey), "", 400},
+		{"oversized body", "PUT", "/secrets/alice/big", as("alice", aliceKey, jsonCT, "application/json"), simple(strings.Repeat("x", 5000)), 413},
+	}
+	for _, c := range cases {
+		code, body := f.raw(t, c.method, c.path, c.hdr, c.body)
+		if code != c.status {
+			t.Errorf("%s: %d %q, want %d", c.name, code, body, c.status)
+		}
+		if strings.Contains(body, secretValue) {
+			t.Errorf("%s: response leaks the secret", c.name)
+		}
+	}
+	// Brute force: failed authentications from one peer are rate-limited.
+	saw429 := false
+	for range 30 {
+		if code, _ := f.raw(t, "GET", "/secrets/alice/x", as("alice", "sr1.guess"), ""); code == 429 {
+			saw429 = true
+			break
+		}
+	}
+	if !saw429 {
+		t.Error("30 wrong keys in a row were never rate-limited")
+	}
+	// Every refusal is in the audit log, with peer credentials, and the
+	// chain verifies; no value appears in it.
+	data, _ := os.ReadFile(f.audit)
+	if strings.Contains(string(data), secretValue) || strings.Contains(string(data), aliceKey) {
+		t.Fatal("audit log holds a secret value or API key")
+	}
+	seen := map[int]bool{}
+	for _, e := range auditLines(t, f.audit) {
+		seen[e.Status] = true
+		if e.PeerUID == nil || *e.PeerUID != os.Getuid() || e.PeerPID == nil {
+			t.Fatalf("audit entry without peer credentials: %+v", e)
+		}
+	}
+	for _, s := range []int{400, 401, 403, 413, 429} {
+		if !seen[s] {
+			t.Errorf("no audit line with status %d", s)
+		}
+	}
+	fh, _ := os.Open(f.audit)
+	defer fh.Close()
+	if res, err := audit.Verify(fh); err != nil || res.Lines < len(cases) {
+		t.Fatalf("audit chain: %+v %v", res, err)
+	}
+}
+
+func TestRateLimitPerCredential(t *testing.T) {
+	f := startProxy(t, overlayStore(t), func(o *Options) { o.Rate, o.Burst = 1, 3 })
+	got429 := false
+	for range 10 {
+		code, _ := f.raw(t, "GET", "/secrets/nothing", f.admin(), "")
+		if code == 429 {
+			got429 = true
+			break
+		}
+	}
+	if !got429 {
+		t.Fatal("a burst over the credential's rate was never answered 429")
+	}
+}
+
+func TestRevocationIsImmediate(t *testing.T) {
+	f := startProxy(t, overlayStore(t), nil)
+	ctx := context.Background()
+	key, _ := f.srv.o.Credentials.Create(ctx, "temp", Grant{Paths: []string{"/secrets"}, Verbs: []string{"list"}})
+	if code, _ := f.raw(t, "GET", "/secrets/", as("temp", key), ""); code != 200 {
+		t.Fatalf("before revoke: %d", code)
+	}
+	if err := f.srv.o.Credentials.Revoke(ctx, "temp"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := f.raw(t, "GET", "/secrets/", as("temp", key), ""); code != 401 {
+		t.Fatalf("after revoke: %d, want 401", code)
+	}
+}
+
+func TestPeerUIDRequirement(t *testing.T) {
+	f := startProxy(t, overlayStore(t), func(o *Options) { o.AllowedUIDs = []int{os.Getuid() + 4242} })
+	if code, _ := f.raw(t, "GET", "/secrets/", f.admin(), ""); code != 403 {
+		t.Fatalf("wrong uid: %d, want 403", code)
+	}
+}
+
+// Custodia's etcd store returned other keys' secrets under 4 concurrent
+// clients; sealrun must not.
+func TestConcurrentClientsGetTheirOwnValues(t *testing.T) {
+	f := startProxy(t, overlayStore(t), nil)
+	runSteps(t, f, []step{{"POST", "/secrets/c/", nil, "", 201, ""}})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 15 {
+				name := "/secrets/c/w" + string(rune('a'+w)) + "-" + string(rune('a'+i))
+				val := "value-of-" + name
+				if code, body := f.raw(t, "PUT", name, f.admin(jsonCT, "application/json"), simple(val)); code != 201 {
+					t.Errorf("PUT %s: %d %s", name, code, body)
+					return
+				}
+				code, body := f.raw(t, "GET", name, f.admin(), "")
+				if code != 200 || !strings.Contains(body, `"`+val+`"`) {
+					t.Errorf("GET %s: %d %s", name, code, body)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,63 @@
+package proxy
+
+import (
+	"context"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sealrun/sealrun/storage"
+
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/driver"
+)
+
+// Store is what the proxy needs of a *storage.Service.
+type Store interface {
+	Registry() *secrets.Registry
+	Put(ctx context.Context, m secrets.Model, opts driver.PutOptions) (int64, error)
+	Get(ctx context.Context, m secrets.Model) (int64, error)
+	Delete(ctx context.Context, kind, key string, opts driver.DeleteOptions) error
+	List(ctx context.Context, kind, prefix string) ([]string, error)
+	Watch(ctx context.Context, kind, prefix string) (<-chan driver.Event, error)
+}
+
+// KindContainer is the model kind of a Custodia container marker.
+const KindContainer = "custodia-container"
+
+// Container marks that a Custodia container exists; secret-routed like the
+// values whose names it reveals.
+type Container struct {
+	secrets.Confidential
+	Path string `json:"path"`
+}
+
+// Kind implements secrets.Model.
+func (*Container) Kind() string { return KindContainer }
+
+// Key implements secrets.Model.
+func (c *Container) Key() string { return c.Path }
+
+// Registry returns the models the proxy stores: the defaults plus Container.
+func Registry() *secrets.Registry {
+	r := secrets.Default()
+	r.Register(KindContainer, func(k string) secrets.Model { return &Container{Path: k} })
+	return r
+}
+
+// typedPrefix is the reserved top-level container under which typed models
+// are reachable: /secrets/sealrun/<kind>/<key>.
+const typedPrefix = "sealrun"
+
+// exposedKinds are the typed models a credential may reach through the API.
+// API credentials (key hashes) and plain state are never exposed; raw values
+// are the Custodia namespace itself.
+var exposedKinds = map[string]bool{
+	secrets.KindMessagePrivateKey: true,
+	secrets.KindMessagePassphrase: true,
+	secrets.KindSigningKey:        true,
+	secrets.KindResponseKey:       true,
+	secrets.KindHostCreds:         true,
+}
+
+// storageOptions are the service options a proxy's store needs.
+func storageOptions(reg prometheus.Registerer) storage.Options {
+	return storage.Options{Registry: Registry(), Metrics: reg}
+}

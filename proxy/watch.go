@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path"
+	"time"
+
+	"github.com/sealrun/sealrun/secrets"
+)
+
+// WatchEvent is one server-sent event of GET /secrets/<prefix>/?watch=1. It
+// names what changed, never the value: clients re-read what they cache.
+type WatchEvent struct {
+	Type     string `json:"type"` // "put" or "delete"
+	Path     string `json:"path"` // e.g. /secrets/sealrun/signing-key/rmq_cpu_
+	Revision int64  `json:"revision"`
+}
+
+// heartbeat keeps idle streams alive through proxies and lets the server
+// notice clients that went away.
+const heartbeat = 15 * time.Second
+
+// watch streams changes below name as server-sent events. The first event is
+// "ready": changes after it are delivered, so a client caches only values it
+// reads after seeing it.
+func (s *Server) watch(q *request, name string) error {
+	t, err := resolve(name)
+	if err != nil {
+		return err
+	}
+	kind, prefix, base := secrets.KindRaw, name, "/secrets/"
+	if t.typed {
+		if t.kind == "" {
+			return fail(http.StatusBadRequest, "watch a kind: /secrets/%s/<kind>/?watch=1", typedPrefix)
+		}
+		kind, prefix, base = t.kind, t.key, "/secrets/"+typedPrefix+"/"+t.kind+"/"
+	} else if err := s.containerExists(q.r.Context(), name); err != nil {
+		return err
+	}
+	ctx := q.r.Context()
+	events, err := s.o.Store.Watch(ctx, kind, prefix)
+	if err != nil {
+		return err
+	}
+	w := q.w
+	s.respond(q, http.StatusOK, "", func() {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+	})
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Time{}) // a stream outlives the write timeout
+	send := func(event string, data any) bool {
+		b, _ := json.Marshal(data)
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !send("ready", map[string]string{}) {
+		return nil
+	}
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil || rc.Flush() != nil {
+				return nil
+			}
+		case ev, ok := <-events:
+			if !ok {
+				send("error", map[string]string{"error": "watch ended; re-read and watch again"})
+				return nil
+			}
+			if ev.Err != nil {
+				s.o.Logger.Warn("watch failed", "err", ev.Err)
+				send("error", map[string]string{"error": "watch failed; re-read and watch again"})
+				return nil
+			}
+			if !send("change", WatchEvent{Type: ev.Type.String(), Path: base + path.Clean(ev.Key), Revision: ev.Revision}) {
+				return nil
+			}
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package secrets
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Kinds of the built-in models, as registered in Default.
+const (
+	KindMessagePrivateKey = "message-private-key"
+	KindMessagePassphrase = "message-passphrase"
+	KindSigningKey        = "signing-key"
+	KindResponseKey       = "response-key"
+	KindAPICredential     = "api-credential"
+	KindHostCreds         = "host-creds"
+	KindRaw               = "raw"
+	KindRunnerRecord      = "runner"
+	KindJobRecord         = "job"
+)
+
+// MessagePrivateKey is the RSA or HPKE private key that opens queue messages.
+type MessagePrivateKey struct {
+	Confidential
+	KeyID string `json:"key_id"`
+	PEM   Secret `json:"pem"`
+}
+
+// MessagePassphrase is the passphrase protecting an encrypted private key.
+type MessagePassphrase struct {
+	Confidential
+	KeyID      string `json:"key_id"`
+	Passphrase Secret `json:"passphrase"`
+}
+
+// SigningKey binds an ssh-ed25519 public key line to a queue prefix. It is
+// public, but secret-routed: whoever can change it decides who may run work.
+type SigningKey struct {
+	Confidential
+	QueuePrefix string `json:"queue_prefix"`
+	PublicKey   string `json:"public_key"`
+}
+
+// ResponseKey is the RSA public key (PEM) responses under a prefix are sealed
+// to; secret-routed for the same integrity reason as SigningKey.
+type ResponseKey struct {
+	Confidential
+	ResponsePrefix string `json:"response_prefix"`
+	PublicKeyPEM   string `json:"public_key_pem"`
+}
+
+// APICredential is a proxy API client: its id, the hash of its key and what it
+// may do. The key itself is never stored.
+type APICredential struct {
+	Confidential
+	ID       string   `json:"id"`
+	KeyHash  Secret   `json:"key_hash"`
+	Prefixes []string `json:"prefixes"`
+	Verbs    []string `json:"verbs"`
+}
+
+// HostCreds is how to reach a worker host over ssh (the CPD-101 example).
+type HostCreds struct {
+	Confidential
+	Address    string `json:"address"`
+	SSHKey     Secret `json:"ssh_private_key"`
+	RemoteUser string `json:"remote_user"`
+}
+
+// Raw is an ad-hoc secret value under a free-form name.
+type Raw struct {
+	Confidential
+	Name  string `json:"name"`
+	Value Secret `json:"value"`
+}
+
+// RunnerRecord is plain state about a runner process.
+type RunnerRecord struct {
+	ID            string    `json:"id"`
+	Host          string    `json:"host"`
+	Version       string    `json:"version"`
+	Queues        []string  `json:"queues"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+}
+
+// JobRecord is plain state about one queued message's execution. It never
+// holds the payload, which may be secret.
+type JobRecord struct {
+	MessageID  string    `json:"message_id"`
+	Queue      string    `json:"queue"`
+	State      string    `json:"state"`
+	Received   time.Time `json:"received"`
+	Started    time.Time `json:"started,omitzero"`
+	Finished   time.Time `json:"finished,omitzero"`
+	ExitStatus *int      `json:"exit_status,omitempty"`
+}
+
+// Kind and Key implement Model for each built-in model: the kind is fixed,
+// the key is the model's natural identifier.
+func (*MessagePrivateKey) Kind() string  { return KindMessagePrivateKey }
+func (m *MessagePrivateKey) Key() string { return m.KeyID }
+func (*MessagePassphrase) Kind() string  { return KindMessagePassphrase }
+func (m *MessagePassphrase) Key() string { return m.KeyID }
+func (*SigningKey) Kind() string         { return KindSigningKey }
+func (m *SigningKey) Key() string        { return m.QueuePrefix }
+func (*ResponseKey) Kind() string        { return KindResponseKey }
+func (m *ResponseKey) Key() string       { return m.ResponsePrefix }
+func (*APICredential) Kind() string      { return KindAPICredential }
+func (m *APICredential) Key() string     { return m.ID }
+func (*HostCreds) Kind() string          { return KindHostCreds }
+func (m *HostCreds) Key() string         { return m.Address }
+func (*Raw) Kind() string                { return KindRaw }
+func (m *Raw) Key() string               { return m.Name }
+func (*RunnerRecord) Kind() string       { return KindRunnerRecord }
+func (m *RunnerRecord) Key() string      { return m.ID }
+func (*JobRecord) Kind() string          { return KindJobRecord }
+func (m *JobRecord) Key() string         { return m.MessageID }
+
+// LogValue implements slog.LogValuer for each built-in model: kind and key
+// only, never contents.
+func (m *MessagePrivateKey) LogValue() slog.Value { return logValue(m) }
+func (m *MessagePassphrase) LogValue() slog.Value { return logValue(m) }
+func (m *SigningKey) LogValue() slog.Value        { return logValue(m) }
+func (m *ResponseKey) LogValue() slog.Value       { return logValue(m) }
+func (m *APICredential) LogValue() slog.Value     { return logValue(m) }
+func (m *HostCreds) LogValue() slog.Value         { return logValue(m) }
+func (m *Raw) LogValue() slog.Value               { return logValue(m) }
+func (m *RunnerRecord) LogValue() slog.Value      { return logValue(m) }
+func (m *JobRecord) LogValue() slog.Value         { return logValue(m) }
+
+// Default returns a registry holding every built-in model.
+func Default() *Registry {
+	r := NewRegistry()
+	r.Register(KindMessagePrivateKey, func(k string) Model { return &MessagePrivateKey{KeyID: k} })
+	r.Register(KindMessagePassphrase, func(k string) Model { return &MessagePassphrase{KeyID: k} })
+	r.Register(KindSigningKey, func(k string) Model { return &SigningKey{QueuePrefix: k} })
+	r.Register(KindResponseKey, func(k string) Model { return &ResponseKey{ResponsePrefix: k} })
+	r.Register(KindAPICredential, func(k string) Model { return &APICredential{ID: k} })
+	r.Register(KindHostCreds, func(k string) Model { return &HostCreds{Address: k} })
+	r.Register(KindRaw, func(k string) Model { return &Raw{Name: k} })
+	r.Register(KindRunnerRecord, func(k string) Model { return &RunnerRecord{ID: k} })
+	r.Register(KindJobRecord, func(k string) Model { return &JobRecord{MessageID: k} })
+	return r
+}

@@ -1,0 +1,146 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/driver"
+	"github.com/sealrun/sealrun/storage/etcd"
+	"github.com/sealrun/sealrun/storage/etcd/embedded"
+	"github.com/sealrun/sealrun/storage/memory"
+	"github.com/sealrun/sealrun/storage/overlay"
+	"github.com/sealrun/sealrun/storage/vault"
+)
+
+// Open connects the backends c names and returns a Service owning them;
+// closing the Service closes clients and any embedded etcd. metrics may be nil.
+func Open(ctx context.Context, c *Config, metrics prometheus.Registerer) (*storage.Service, error) {
+	return OpenWith(ctx, c, storage.Options{Metrics: metrics})
+}
+
+// OpenWith is Open with service options (a model registry beyond the
+// defaults, metrics); Timeout and Closers are set from c.
+func OpenWith(ctx context.Context, c *Config, opts storage.Options) (_ *storage.Service, err error) {
+	var closers []io.Closer
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				_ = closers[i].Close()
+			}
+		}
+	}()
+	var client *clientv3.Client
+	var state driver.Driver
+	switch c.State.Backend {
+	case "etcd":
+		var cl []io.Closer
+		client, cl, err = openEtcd(ctx, c.State.Etcd)
+		closers = append(closers, cl...)
+		if err != nil {
+			return nil, err
+		}
+		state = etcd.New(client, c.State.Etcd.Prefix)
+		opts.Timeout = c.State.Etcd.Timeout
+	default:
+		state = memory.New()
+	}
+	var secret driver.Driver
+	switch c.Secrets.Backend {
+	case "overlay":
+		o := c.Secrets.Overlay
+		key, err := overlay.LoadKeyFile(o.MasterKey, o.Autogen)
+		if err != nil {
+			return nil, err
+		}
+		ring, err := overlay.NewKeyRing(key)
+		if err != nil {
+			return nil, err
+		}
+		prot, _ := overlay.ParseProtection(o.Protection) // validated
+		var under driver.Driver = memory.New()
+		if o.Store == "etcd" {
+			under = etcd.New(client, o.Prefix)
+		}
+		secret = overlay.New(under, ring, prot)
+	case "vault":
+		v := c.Secrets.Vault
+		cfg := api.DefaultConfig() // reads VAULT_ADDR, VAULT_CACERT, ...
+		if cfg.Error != nil {
+			return nil, fmt.Errorf("vault client config: %w", cfg.Error)
+		}
+		if v.Address != "" {
+			cfg.Address = v.Address
+		}
+		vc, err := api.NewClient(cfg) // reads VAULT_TOKEN
+		if err != nil {
+			return nil, fmt.Errorf("vault client: %w", err)
+		}
+		if v.TokenFile != "" {
+			tok, err := os.ReadFile(v.TokenFile)
+			if err != nil {
+				return nil, fmt.Errorf("vault token: %w", err)
+			}
+			vc.SetToken(strings.TrimSpace(string(tok)))
+		}
+		if vc.Token() == "" {
+			return nil, errors.New("vault: no token (set secrets.vault.token_file or VAULT_TOKEN)")
+		}
+		secret = vault.New(vc, vault.Options{Mount: v.Mount, Prefix: v.Prefix, PollInterval: v.PollInterval})
+	}
+	opts.Closers = reverse(closers)
+	return storage.New(secret, state, opts)
+}
+
+// openEtcd dials the configured cluster, or starts the embedded one. The
+// closers are in start order.
+func openEtcd(ctx context.Context, e *Etcd) (*clientv3.Client, []io.Closer, error) {
+	var closers []io.Closer
+	cfg := clientv3.Config{Endpoints: e.Endpoints, DialTimeout: e.DialTimeout, Logger: zap.NewNop(),
+		MaxCallSendMsgSize: 8 << 20}
+	if len(e.Endpoints) == 0 {
+		srv, err := embedded.Start(ctx, embedded.Config{DataDir: e.DataDir})
+		if err != nil {
+			return nil, nil, fmt.Errorf("state.etcd: %w (is another sealrun using this data_dir?)", err)
+		}
+		closers = append(closers, srv)
+		cfg.Endpoints = []string{srv.Endpoint()}
+	}
+	if t := e.TLS; t != nil {
+		tc, err := transport.TLSInfo{TrustedCAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}.ClientConfig()
+		if err != nil {
+			return nil, closers, fmt.Errorf("state.etcd.tls: %w", err)
+		}
+		cfg.TLS = tc
+	}
+	if e.Username != "" {
+		pw, err := os.ReadFile(e.PasswordFile)
+		if err != nil {
+			return nil, closers, fmt.Errorf("state.etcd.password_file: %w", err)
+		}
+		cfg.Username, cfg.Password = e.Username, strings.TrimSpace(string(pw))
+	}
+	client, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, closers, fmt.Errorf("state.etcd: connect to %v: %w", cfg.Endpoints, err)
+	}
+	return client, append(closers, client), nil
+}
+
+func reverse(cs []io.Closer) []io.Closer {
+	out := make([]io.Closer, len(cs))
+	for i, c := range cs {
+		out[len(cs)-1-i] = c
+	}
+	return out
+}

@@ -1,0 +1,201 @@
+// Package driver is the small interface every storage backend implements.
+// The portable storage.Service wraps a Driver and owns routing, encoding,
+// metrics and error codes once; drivers only move bytes under keys.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Entry is a stored value and its revision.
+type Entry struct {
+	Key   string
+	Value []byte
+	// Revision changes on every write of the key and is what Put and Delete
+	// compare against. Only equality and "greater is newer" are meaningful.
+	Revision int64
+}
+
+// PutOptions make a Put conditional (compare-and-set).
+type PutOptions struct {
+	// IfAbsent makes the Put fail with Conflict when the key exists.
+	IfAbsent bool
+	// IfRevision, when non-zero, makes the Put fail with Conflict unless the
+	// key's current revision equals it.
+	IfRevision int64
+}
+
+// DeleteOptions make a Delete conditional.
+type DeleteOptions struct {
+	// IfRevision, when non-zero, makes the Delete fail with Conflict unless
+	// the key's current revision equals it.
+	IfRevision int64
+}
+
+// EventType says what happened to a key.
+type EventType int
+
+// Event types.
+const (
+	EventPut EventType = iota + 1
+	EventDelete
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventPut:
+		return "put"
+	case EventDelete:
+		return "delete"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is a change to a key. It carries no value, so secrets never travel
+// through watch channels; call Get for the value.
+type Event struct {
+	Type     EventType
+	Key      string
+	Revision int64
+	// Err is set on the last event before the channel closes because the
+	// watch failed (as opposed to its context ending).
+	Err error
+}
+
+// Driver stores byte values under '/'-separated keys.
+//
+// Keys must pass ValidateKey; a driver rejects others with an error whose
+// code is InvalidKey. Every method honours ctx.
+type Driver interface {
+	// Get returns the value and revision of key, or a NotFound error.
+	Get(ctx context.Context, key string) (Entry, error)
+	// Put writes value under key and returns the new revision. A failed
+	// condition returns a Conflict error.
+	Put(ctx context.Context, key string, value []byte, opts PutOptions) (int64, error)
+	// Delete removes key entirely; a missing key is a NotFound error.
+	Delete(ctx context.Context, key string, opts DeleteOptions) error
+	// List returns the keys below the directory prefix (see DirPrefix),
+	// sorted, recursively.
+	List(ctx context.Context, prefix string) ([]string, error)
+	// Watch delivers, in order, the changes below the directory prefix made
+	// after Watch returns. The channel closes when ctx ends or the watch fails.
+	Watch(ctx context.Context, prefix string) (<-chan Event, error)
+	// ErrorCode maps an error returned by this driver to a portable Code.
+	ErrorCode(error) Code
+	// Close releases the driver's resources (not those passed in to it).
+	Close() error
+}
+
+// Code is a portable error code.
+type Code int
+
+// Portable error codes.
+const (
+	Unknown Code = iota
+	OK
+	NotFound
+	Conflict     // a compare-and-set condition failed
+	InvalidKey   // the key fails ValidateKey
+	InvalidValue // e.g. an empty value where the backend cannot store one
+	Unavailable  // the backend cannot be reached; retrying may help
+	Canceled     // the context was cancelled or timed out
+	PermissionDenied
+	Integrity // a value failed authentication, its pin, or no key can open it
+)
+
+var codeNames = [...]string{"Unknown", "OK", "NotFound", "Conflict", "InvalidKey", "InvalidValue",
+	"Unavailable", "Canceled", "PermissionDenied", "Integrity"}
+
+func (c Code) String() string {
+	if c >= 0 && int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("Code(%d)", int(c))
+}
+
+// Sentinel errors drivers wrap so CommonCode can classify them.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrConflict     = errors.New("revision conflict")
+	ErrInvalidKey   = errors.New("invalid key")
+	ErrInvalidValue = errors.New("invalid value")
+	ErrIntegrity    = errors.New("integrity check failed")
+	ErrClosed       = errors.New("driver closed")
+)
+
+// CommonCode classifies the sentinels above and context errors; drivers call
+// it from ErrorCode after their own backend-specific cases.
+func CommonCode(err error) Code {
+	switch {
+	case err == nil:
+		return OK
+	case errors.Is(err, context.Canceled):
+		return Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		// The backend did not answer in time: retrying later may help.
+		return Unavailable
+	case errors.Is(err, ErrNotFound):
+		return NotFound
+	case errors.Is(err, ErrConflict):
+		return Conflict
+	case errors.Is(err, ErrInvalidKey):
+		return InvalidKey
+	case errors.Is(err, ErrInvalidValue):
+		return InvalidValue
+	case errors.Is(err, ErrIntegrity):
+		return Integrity
+	case errors.Is(err, ErrClosed):
+		return Unavailable
+	}
+	return Unknown
+}
+
+// MaxKeyLen bounds keys so every backend (etcd's 1.5 MiB requests, Vault's
+// URL paths) can hold them.
+const MaxKeyLen = 1024
+
+// ValidateKey rejects keys no backend should see: empty, over-long, invalid
+// UTF-8, NUL or control bytes, a leading or trailing '/', empty segments and
+// "." or ".." segments (which path-based backends such as Vault would resolve).
+func ValidateKey(key string) error {
+	bad := func(why string) error { return fmt.Errorf("key %q: %s: %w", key, why, ErrInvalidKey) }
+	switch {
+	case key == "":
+		return bad("empty")
+	case len(key) > MaxKeyLen:
+		return fmt.Errorf("key of %d bytes: longer than %d: %w", len(key), MaxKeyLen, ErrInvalidKey)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("key %q: not valid UTF-8: %w", key, ErrInvalidKey)
+	}
+	for _, r := range key {
+		if r < 0x20 || r == 0x7f {
+			return bad("control character")
+		}
+	}
+	for _, seg := range strings.Split(key, "/") {
+		switch seg {
+		case "":
+			return bad("empty path segment (leading, trailing or double '/')")
+		case ".", "..":
+			return bad(`"." and ".." segments are not allowed`)
+		}
+	}
+	return nil
+}
+
+// DirPrefix turns a List or Watch prefix into a directory prefix: "" means
+// everything, otherwise the result ends in '/' so "a/b" never matches "a/bc".
+func DirPrefix(prefix string) (string, error) {
+	prefix = strings.TrimSuffix(prefix, "/")
+	if prefix == "" {
+		return "", nil
+	}
+	if err := ValidateKey(prefix); err != nil {
+		return "", err
+	}
+	return prefix + "/", nil
+}

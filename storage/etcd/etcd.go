@@ -1,0 +1,209 @@
+// Package etcd is a storage driver on etcd's v3 API. Every key lives under a
+// prefix applied by etcd's namespace decorators, so nothing here builds key
+// strings by concatenation and two drivers with disjoint prefixes cannot see
+// each other's keys.
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/namespace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sealrun/sealrun/storage/driver"
+)
+
+// Driver is a driver.Driver over an etcd client. It does not own the client.
+type Driver struct {
+	client  *clientv3.Client
+	kv      clientv3.KV
+	watcher clientv3.Watcher
+}
+
+var _ driver.Driver = (*Driver)(nil)
+
+// New returns a driver storing keys under prefix (e.g. "/sealrun/state/") on
+// client. The prefix should end in '/' so it cannot match a sibling.
+func New(client *clientv3.Client, prefix string) *Driver {
+	return &Driver{client: client, kv: namespace.NewKV(client.KV, prefix), watcher: namespace.NewWatcher(client.Watcher, prefix)}
+}
+
+// Get implements driver.Driver.
+func (d *Driver) Get(ctx context.Context, key string) (driver.Entry, error) {
+	if err := driver.ValidateKey(key); err != nil {
+		return driver.Entry{}, err
+	}
+	resp, err := d.kv.Get(ctx, key)
+	if err != nil {
+		return driver.Entry{}, d.wrap("get", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return driver.Entry{}, fmt.Errorf("etcd get %q: %w", key, driver.ErrNotFound)
+	}
+	kv := resp.Kvs[0]
+	return driver.Entry{Key: key, Value: kv.Value, Revision: kv.ModRevision}, nil
+}
+
+// Put implements driver.Driver. Conditions are one etcd transaction on the
+// key's CreateRevision (absent = 0) or ModRevision.
+func (d *Driver) Put(ctx context.Context, key string, value []byte, opts driver.PutOptions) (int64, error) {
+	if err := driver.ValidateKey(key); err != nil {
+		return 0, err
+	}
+	var conds []clientv3.Cmp
+	if opts.IfAbsent {
+		conds = append(conds, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+	}
+	if opts.IfRevision != 0 {
+		conds = append(conds, clientv3.Compare(clientv3.ModRevision(key), "=", opts.IfRevision))
+	}
+	resp, err := d.kv.Txn(ctx).If(conds...).Then(clientv3.OpPut(key, string(value))).Commit()
+	if err != nil {
+		return 0, d.wrap("put", key, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("etcd put %q: %w", key, driver.ErrConflict)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Delete implements driver.Driver.
+func (d *Driver) Delete(ctx context.Context, key string, opts driver.DeleteOptions) error {
+	if err := driver.ValidateKey(key); err != nil {
+		return err
+	}
+	conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), ">", 0)}
+	if opts.IfRevision != 0 {
+		conds = append(conds, clientv3.Compare(clientv3.ModRevision(key), "=", opts.IfRevision))
+	}
+	resp, err := d.kv.Txn(ctx).If(conds...).Then(clientv3.OpDelete(key)).Else(clientv3.OpGet(key, clientv3.WithCountOnly())).Commit()
+	if err != nil {
+		return d.wrap("delete", key, err)
+	}
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().Count == 0 {
+			return fmt.Errorf("etcd delete %q: %w", key, driver.ErrNotFound)
+		}
+		return fmt.Errorf("etcd delete %q: %w", key, driver.ErrConflict)
+	}
+	return nil
+}
+
+// List implements driver.Driver.
+func (d *Driver) List(ctx context.Context, prefix string) ([]string, error) {
+	dir, err := driver.DirPrefix(prefix)
+	if err != nil {
+		return nil, err
+	}
+	opts := []clientv3.OpOption{clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+	if dir == "" {
+		// The whole namespace: namespace.NewKV maps "\x00" + WithFromKey to it.
+		dir, opts = "\x00", append(opts, clientv3.WithFromKey())
+	} else {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	resp, err := d.kv.Get(ctx, dir, opts...)
+	if err != nil {
+		return nil, d.wrap("list", prefix, err)
+	}
+	keys := make([]string, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		keys[i] = string(kv.Key)
+	}
+	return keys, nil
+}
+
+// Watch implements driver.Driver. It starts at the revision after the
+// current one, so no change made after Watch returns is missed.
+func (d *Driver) Watch(ctx context.Context, prefix string) (<-chan driver.Event, error) {
+	dir, err := driver.DirPrefix(prefix)
+	if err != nil {
+		return nil, err
+	}
+	key, opts := dir, []clientv3.OpOption{clientv3.WithPrefix()}
+	if dir == "" {
+		key, opts = "\x00", []clientv3.OpOption{clientv3.WithFromKey()}
+	}
+	head, err := d.kv.Get(ctx, key, append(opts, clientv3.WithCountOnly())...)
+	if err != nil {
+		return nil, d.wrap("watch", prefix, err)
+	}
+	// Derive a context so the etcd watch stream ends when our consumer stops.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wch := d.watcher.Watch(wctx, key, append(opts, clientv3.WithRev(head.Header.Revision+1))...)
+	out := make(chan driver.Event, 16)
+	go func() {
+		defer close(out)
+		defer cancel()
+		for resp := range wch {
+			if err := resp.Err(); err != nil {
+				if ctx.Err() == nil {
+					select {
+					case out <- driver.Event{Err: fmt.Errorf("etcd watch %q: %w", prefix, err)}:
+					case <-ctx.Done():
+					}
+				}
+				return
+			}
+			for _, ev := range resp.Events {
+				e := driver.Event{Type: driver.EventPut, Key: string(ev.Kv.Key), Revision: ev.Kv.ModRevision}
+				if ev.Type == mvccpb.DELETE {
+					e.Type = driver.EventDelete
+				}
+				select {
+				case out <- e:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// wrap adds the operation and, when etcd cannot be reached, where we looked.
+func (d *Driver) wrap(op, key string, err error) error {
+	if d.ErrorCode(err) == driver.Unavailable {
+		return fmt.Errorf("etcd %s %q: no answer from %v (is etcd running and reachable? check endpoints and TLS): %w",
+			op, key, d.client.Endpoints(), err)
+	}
+	return fmt.Errorf("etcd %s %q: %w", op, key, err)
+}
+
+// ErrorCode implements driver.Driver.
+func (d *Driver) ErrorCode(err error) driver.Code {
+	if c := driver.CommonCode(err); c != driver.Unknown {
+		return c
+	}
+	return grpcCode(err)
+}
+
+// grpcCode classifies errors from the etcd client, which are gRPC statuses.
+func grpcCode(err error) driver.Code {
+	if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrAuthFailed) {
+		return driver.PermissionDenied
+	}
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		switch se.GRPCStatus().Code() {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
+			return driver.Unavailable
+		case codes.Canceled:
+			return driver.Canceled
+		case codes.PermissionDenied, codes.Unauthenticated:
+			return driver.PermissionDenied
+		case codes.InvalidArgument:
+			return driver.InvalidValue
+		}
+	}
+	return driver.Unknown
+}
+
+// Close implements driver.Driver; the client stays open (its owner closes it).
+func (d *Driver) Close() error { return nil }

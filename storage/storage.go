@@ -1,0 +1,267 @@
+// Package storage is sealrun's portable storage service. A Service knows,
+// from a model's registered type alone, whether it holds a secret, and routes
+// it to the secret driver (an encrypting backend) or the state driver. It owns
+// what every backend shares: routing, JSON encoding, key validation, metrics
+// and portable error codes.
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/driver"
+)
+
+// Error is every error a Service returns: the operation, the model's kind and
+// key (never its contents), a portable code and the driver's error.
+type Error struct {
+	Op, Kind, Key string
+	Code          driver.Code
+	Err           error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("storage %s %s %q: %v", e.Op, e.Kind, e.Key, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Code returns the portable code of err (Unknown if it did not come from a
+// Service, OK for nil).
+func Code(err error) driver.Code {
+	if err == nil {
+		return driver.OK
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return driver.CommonCode(err)
+}
+
+// Options configure a Service.
+type Options struct {
+	// Registry lists the storable models; nil means secrets.Default().
+	Registry *secrets.Registry
+	// Metrics, if set, receives the service's collectors.
+	Metrics prometheus.Registerer
+	// Timeout bounds each call whose context has no deadline, so an
+	// unreachable backend fails instead of hanging (default 10s).
+	Timeout time.Duration
+	// Closers are closed after both drivers, in order (e.g. an etcd client,
+	// then the embedded server).
+	Closers []io.Closer
+}
+
+// Service stores models. It is safe for concurrent use.
+type Service struct {
+	secret, state driver.Driver
+	reg           *secrets.Registry
+	timeout       time.Duration
+	closers       []io.Closer
+	ops           *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	closeOnce     sync.Once
+	closeErr      error
+}
+
+// New returns a Service routing secret models to secret and plain ones to
+// state. The two must not share a namespace. Close closes both.
+func New(secret, state driver.Driver, opts Options) (*Service, error) {
+	if secret == nil || state == nil {
+		return nil, errors.New("storage: both a secret and a state driver are required")
+	}
+	s := &Service{secret: secret, state: state, reg: opts.Registry, timeout: opts.Timeout, closers: opts.Closers}
+	if s.reg == nil {
+		s.reg = secrets.Default()
+	}
+	if s.timeout == 0 {
+		s.timeout = 10 * time.Second
+	}
+	s.ops = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sealrun_storage_operations_total",
+		Help: "Storage operations by operation, backend (secret or state) and result code.",
+	}, []string{"op", "backend", "code"})
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sealrun_storage_operation_duration_seconds",
+		Help:    "Storage operation latency by operation and backend.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	}, []string{"op", "backend"})
+	if opts.Metrics != nil {
+		for _, c := range []prometheus.Collector{s.ops, s.latency} {
+			if err := opts.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("storage: register metrics: %w", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+// Registry returns the model registry the service routes by.
+func (s *Service) Registry() *secrets.Registry { return s.reg }
+
+// route picks the driver for kind; unregistered kinds are an error.
+func (s *Service) route(kind string) (driver.Driver, string, error) {
+	secret, err := s.reg.IsSecretKind(kind)
+	if err != nil {
+		return nil, "", err
+	}
+	if secret {
+		return s.secret, "secret", nil
+	}
+	return s.state, "state", nil
+}
+
+// do runs one driver call with routing, key checks, a default timeout,
+// metrics and error wrapping.
+func (s *Service) do(ctx context.Context, op, kind, key string, fn func(context.Context, driver.Driver, string) error) error {
+	d, backend, err := s.route(kind)
+	if err != nil {
+		return &Error{Op: op, Kind: kind, Key: key, Code: driver.InvalidKey, Err: err}
+	}
+	full := path.Join(kind, key) // kind is a registered name, key is validated below
+	if key == "" && op == "list" {
+		full = kind
+	} else if err := driver.ValidateKey(key); err != nil {
+		s.ops.WithLabelValues(op, backend, driver.InvalidKey.String()).Inc()
+		return &Error{Op: op, Kind: kind, Key: key, Code: driver.InvalidKey, Err: err}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	start := time.Now()
+	err = fn(ctx, d, full)
+	code := d.ErrorCode(err)
+	s.latency.WithLabelValues(op, backend).Observe(time.Since(start).Seconds())
+	s.ops.WithLabelValues(op, backend, code.String()).Inc()
+	if err != nil {
+		return &Error{Op: op, Kind: kind, Key: key, Code: code, Err: err}
+	}
+	return nil
+}
+
+func (s *Service) check(m secrets.Model) error {
+	if err := s.reg.Check(m); err != nil {
+		return &Error{Op: "check", Kind: fmt.Sprintf("%T", m), Code: driver.InvalidKey, Err: err}
+	}
+	return nil
+}
+
+// Put stores m under its kind and key and returns the new revision.
+func (s *Service) Put(ctx context.Context, m secrets.Model, opts driver.PutOptions) (int64, error) {
+	if err := s.check(m); err != nil {
+		return 0, err
+	}
+	// The storage codec: JSON, where secrets.Secret encodes its bytes.
+	data, err := json.Marshal(m)
+	if err != nil {
+		return 0, &Error{Op: "put", Kind: m.Kind(), Key: m.Key(), Code: driver.InvalidValue, Err: fmt.Errorf("encode: %w", err)}
+	}
+	var rev int64
+	err = s.do(ctx, "put", m.Kind(), m.Key(), func(ctx context.Context, d driver.Driver, k string) (err error) {
+		rev, err = d.Put(ctx, k, data, opts)
+		return err
+	})
+	return rev, err
+}
+
+// Get fills m (a pointer with its key set, e.g. from Registry().New) from
+// storage and returns its revision.
+func (s *Service) Get(ctx context.Context, m secrets.Model) (int64, error) {
+	if err := s.check(m); err != nil {
+		return 0, err
+	}
+	key := m.Key()
+	var rev int64
+	err := s.do(ctx, "get", m.Kind(), key, func(ctx context.Context, d driver.Driver, k string) error {
+		e, err := d.Get(ctx, k)
+		if err != nil {
+			return err
+		}
+		rev = e.Revision
+		if err := json.Unmarshal(e.Value, m); err != nil {
+			// json errors name types and offsets, not values.
+			return fmt.Errorf("decode stored value: %w: %w", err, driver.ErrIntegrity)
+		}
+		if m.Key() != key {
+			return fmt.Errorf("stored value claims key %q: %w", m.Key(), driver.ErrIntegrity)
+		}
+		return nil
+	})
+	return rev, err
+}
+
+// Delete removes the model of kind with key.
+func (s *Service) Delete(ctx context.Context, kind, key string, opts driver.DeleteOptions) error {
+	return s.do(ctx, "delete", kind, key, func(ctx context.Context, d driver.Driver, k string) error {
+		return d.Delete(ctx, k, opts)
+	})
+}
+
+// List returns the keys of kind below the directory prefix ("" for all),
+// sorted.
+func (s *Service) List(ctx context.Context, kind, prefix string) ([]string, error) {
+	var keys []string
+	err := s.do(ctx, "list", kind, prefix, func(ctx context.Context, d driver.Driver, k string) error {
+		full, err := d.List(ctx, k)
+		if err != nil {
+			return err
+		}
+		for _, f := range full {
+			keys = append(keys, f[len(kind)+1:])
+		}
+		return nil
+	})
+	return keys, err
+}
+
+// Watch delivers changes to models of kind below prefix (see driver.Watch).
+// Event keys are model keys, without the kind.
+func (s *Service) Watch(ctx context.Context, kind, prefix string) (<-chan driver.Event, error) {
+	d, _, err := s.route(kind)
+	if err != nil {
+		return nil, &Error{Op: "watch", Kind: kind, Key: prefix, Code: driver.InvalidKey, Err: err}
+	}
+	in, err := d.Watch(ctx, path.Join(kind, prefix))
+	if err != nil {
+		return nil, &Error{Op: "watch", Kind: kind, Key: prefix, Code: d.ErrorCode(err), Err: err}
+	}
+	out := make(chan driver.Event)
+	go func() {
+		defer close(out)
+		for e := range in {
+			if e.Key != "" {
+				e.Key = e.Key[len(kind)+1:]
+			}
+			select {
+			case out <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// Close closes both drivers and then Options.Closers.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		errs := []error{s.secret.Close(), s.state.Close()}
+		for _, c := range s.closers {
+			errs = append(errs, c.Close())
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
