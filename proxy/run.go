@@ -17,7 +17,9 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/storage"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
+	"github.com/sealrun/sealrun/storage/driver"
 )
 
 // Run serves the proxy described by c until ctx ends, then shuts down
@@ -77,6 +79,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket str
 	defer stopWatch()
 	go creds.WatchRevocations(wctx)
 
+	go watchdog(wctx, store, log)
 	log.Info("secrets proxy serving", "socket", c.Listen.Socket, "tcp", c.Listen.TCP != nil, "ops", c.OpsListen, "audit_log", c.AuditLog)
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 	if ready != nil {
@@ -143,4 +146,31 @@ func serverTLS(t *TCP) (*tls.Config, error) {
 	}
 	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
 		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}, nil
+}
+
+// watchdog pings systemd's watchdog (WatchdogSec=) at half its interval
+// while the secret backend answers; a wedged backend connection stops the
+// pings and systemd restarts the proxy.
+func watchdog(ctx context.Context, store Store, log *slog.Logger) {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval == 0 {
+		return
+	}
+	tick := time.NewTicker(interval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, interval/4)
+		_, err := store.Get(pctx, &Container{Path: "sealrun-readiness-probe"})
+		cancel()
+		if c := storage.Code(err); c == driver.OK || c == driver.NotFound {
+			daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+		} else {
+			log.Warn("secret backend not answering; withholding the watchdog ping", "code", c.String())
+		}
+	}
 }

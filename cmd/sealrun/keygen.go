@@ -59,12 +59,10 @@ func keygenRSA(s stdio, args []string) int {
 	if *bits < 2048 {
 		return usageError(s, fs, "--bits must be at least 2048, got %d", *bits)
 	}
-	raw, err := os.ReadFile(*passFile)
+	pass, err := readPassphrase(*passFile)
 	if err != nil {
 		return failure(s, fs, err)
 	}
-	cands := envelope.PassphraseCandidates(raw)
-	pass := cands[len(cands)-1]
 	if len(pass) == 0 {
 		return failure(s, fs, fmt.Errorf("passphrase file %s is empty; write one with printf '%%s' SECRET > %s", *passFile, *passFile))
 	}
@@ -103,12 +101,10 @@ func keygenSigning(s stdio, args []string) int {
 	}
 	var pass []byte
 	if *passFile != "" {
-		raw, err := os.ReadFile(*passFile)
-		if err != nil {
+		var err error
+		if pass, err = readPassphrase(*passFile); err != nil {
 			return failure(s, fs, err)
 		}
-		c := envelope.PassphraseCandidates(raw)
-		pass = c[len(c)-1]
 	}
 	key, err := envelope.GenerateSigningKey()
 	if err != nil {
@@ -201,4 +197,15 @@ func writeKeyFiles(dir string, force bool, files ...keyFile) error {
 		}
 	}
 	return nil
+}
+
+// readPassphrase reads a passphrase file for writing a new key: without a
+// trailing newline, so the key opens with the passphrase as typed.
+func readPassphrase(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c := envelope.PassphraseCandidates(raw)
+	return c[len(c)-1], nil
 }

@@ -196,10 +196,17 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 	if resp.StatusCode < 300 {
 		return out, false, nil
 	}
+	e := errorFor(resp.StatusCode, out)
+	return nil, errors.Is(e, ErrUnavailable), e
+}
+
+// errorFor turns a non-2xx answer into an *Error wrapping the typed error a
+// caller decides on; 503 and 429 are ErrUnavailable (worth retrying).
+func errorFor(status int, body []byte) *Error {
 	var eb struct{ Error string }
-	json.Unmarshal(out, &eb)
-	e := &Error{Status: resp.StatusCode, Msg: eb.Error}
-	switch resp.StatusCode {
+	json.Unmarshal(body, &eb)
+	e := &Error{Status: status, Msg: eb.Error}
+	switch status {
 	case http.StatusNotFound:
 		e.kind = ErrNotFound
 	case http.StatusUnauthorized:
@@ -210,9 +217,8 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 		e.kind = ErrConflict
 	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		e.kind = ErrUnavailable
-		return nil, true, e
 	}
-	return nil, false, e
+	return e
 }
 
 // Get reads a value, from the cache when fresh.
@@ -334,17 +340,8 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		var eb struct{ Error string }
-		json.Unmarshal(b, &eb)
-		e := &Error{Status: resp.StatusCode, Msg: eb.Error}
-		switch resp.StatusCode {
-		case http.StatusNotFound:
-			e.kind = ErrNotFound
-		case http.StatusUnauthorized:
-			e.kind = ErrUnauthorized
-		case http.StatusForbidden:
-			e.kind = ErrForbidden
-		default:
+		e := errorFor(resp.StatusCode, b)
+		if e.kind == nil {
 			e.kind = ErrUnavailable
 		}
 		return nil, nil, e
