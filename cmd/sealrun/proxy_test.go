@@ -73,6 +73,26 @@ func TestSecretsServeCLI(t *testing.T) {
 	if v, err := cl.Get(ctx, "app/token"); err != nil || string(v) != secret {
 		t.Fatalf("get: %q %v", v, err)
 	}
+	// The secrets CLI through the proxy: typed models and raw values.
+	keyFile := filepath.Join(t.TempDir(), "ops.key")
+	os.WriteFile(keyFile, []byte(key), 0o600)
+	via := []string{"--socket", sock, "--api-id", "ops", "--api-key-file", keyFile}
+	model := `{"queue_prefix":"rmq_cpu_","public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9d"}`
+	if code, _, errOut := runCLI(t, model, append([]string{"secrets", "put", "--kind", "signing-key", "rmq_cpu_"}, via...)...); code != 0 {
+		t.Fatalf("put via proxy: %s", errOut)
+	}
+	if code, out, errOut := runCLI(t, "", append([]string{"secrets", "ls", "--kind", "signing-key"}, via...)...); code != 0 || strings.TrimSpace(out) != "rmq_cpu_" {
+		t.Fatalf("ls via proxy: %q %s", out, errOut)
+	}
+	if code, _, errOut := runCLI(t, "second-value", append([]string{"secrets", "put", "deep/er/name"}, via...)...); code != 0 {
+		t.Fatalf("raw put via proxy: %s", errOut)
+	}
+	if code, _, _ := runCLI(t, "third-value", append([]string{"secrets", "put", "deep/er/name"}, via...)...); code != 0 {
+		t.Fatal("overwrite via proxy failed")
+	}
+	if code, out, _ := runCLI(t, "", append([]string{"secrets", "get", "deep/er/name"}, via...)...); code != 0 || out != "third-value" {
+		t.Fatalf("raw get via proxy: %q", out)
+	}
 	cl.Close()
 	cancel()
 	select {

@@ -12,8 +12,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sealrun/sealrun/secrets"
-	"github.com/sealrun/sealrun/storage"
-	"github.com/sealrun/sealrun/storage/driver"
 )
 
 // maxSecretValue bounds a value read for "secrets put" (the drivers' 1 MiB).
@@ -57,27 +55,33 @@ func runSecrets(ctx context.Context, s stdio, args []string) int {
 
 // secretsFlags are the flags every secrets verb shares.
 type secretsFlags struct {
-	fs     *pflag.FlagSet
-	config string
-	kind   string
+	fs                        *pflag.FlagSet
+	config                    string
+	kind                      string
+	socket, apiID, apiKeyFile string
 }
 
 func newSecretsFlags(s stdio, verb, summary, examples string) *secretsFlags {
-	f := &secretsFlags{fs: newFlags(s, "secrets "+verb+" --config FILE [flags] PATH", summary, examples)}
-	f.fs.StringVar(&f.config, "config", "", "storage configuration file (see configs/sealrun.yaml)")
+	f := &secretsFlags{fs: newFlags(s, "secrets "+verb+" (--config FILE | --socket SOCK --api-id ID) [flags] PATH", summary, examples)}
+	f.fs.StringVar(&f.config, "config", "", "storage or proxy configuration file: act on the backends directly")
+	f.fs.StringVar(&f.socket, "socket", "", "act through a running secrets proxy on this unix socket instead")
+	f.fs.StringVar(&f.apiID, "api-id", "", "proxy API id (with --socket)")
+	f.fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the proxy API key (with --socket; default $SEALRUN_API_KEY)")
 	f.fs.StringVar(&f.kind, "kind", secrets.KindRaw, "model kind; raw stores the bytes as an ad-hoc secret")
 	return f
 }
 
 // open parses the flags and one positional PATH (optional when pathOptional), then
 // opens the storage service.
-func (f *secretsFlags) open(ctx context.Context, s stdio, args []string, pathOptional bool) (svc *storage.Service, path string, code int, ok bool) {
+func (f *secretsFlags) open(ctx context.Context, s stdio, args []string, pathOptional bool) (svc modelStore, path string, code int, ok bool) {
 	if code, ok := parse(f.fs, s, args); !ok {
 		return nil, "", code, false
 	}
 	switch {
-	case f.config == "":
-		return nil, "", usageError(s, f.fs, "--config is required"), false
+	case (f.config == "") == (f.socket == ""):
+		return nil, "", usageError(s, f.fs, "give either --config or --socket"), false
+	case f.socket != "" && f.apiID == "":
+		return nil, "", usageError(s, f.fs, "--socket needs --api-id"), false
 	case f.fs.NArg() > 1:
 		return nil, "", usageError(s, f.fs, "want one PATH, got %d arguments", f.fs.NArg()), false
 	case f.fs.NArg() == 0 && !pathOptional:
@@ -87,7 +91,7 @@ func (f *secretsFlags) open(ctx context.Context, s stdio, args []string, pathOpt
 	if _, err := secrets.Default().New(f.kind, path); err != nil {
 		return nil, "", usageError(s, f.fs, "%v", err), false
 	}
-	svc, err := openStore(ctx, f.config)
+	svc, err := openModelStore(ctx, f.config, f.socket, f.apiID, f.apiKeyFile)
 	if err != nil {
 		return nil, "", failure(s, f.fs, err), false
 	}
@@ -139,7 +143,7 @@ its key field must match PATH.`, `  sealrun secrets put --config sealrun.yaml db
 			return usageError(s, f.fs, "the %s's key is %q but PATH is %q", f.kind, m.Key(), path)
 		}
 	}
-	if _, err := svc.Put(ctx, m, driver.PutOptions{IfAbsent: *ifAbsent}); err != nil {
+	if err := svc.Put(ctx, m, *ifAbsent); err != nil {
 		return failure(s, f.fs, err)
 	}
 	return exitOK
@@ -148,14 +152,15 @@ its key field must match PATH.`, `  sealrun secrets put --config sealrun.yaml db
 func runSecretsGet(ctx context.Context, s stdio, args []string) int {
 	f := newSecretsFlags(s, "get", `Print a stored secret or model on stdout: raw secrets as their bytes, other
 kinds as JSON (secret fields base64).`, `  sealrun secrets get --config sealrun.yaml db/password
-  sealrun secrets get --config sealrun.yaml --kind host-creds h1:22`)
+  sealrun secrets get --config sealrun.yaml --kind host-creds h1:22
+  sealrun secrets get --socket /run/sealrun/secrets.sock --api-id ops --api-key-file ops.key db/password`)
 	svc, path, code, ok := f.open(ctx, s, args, false)
 	if !ok {
 		return code
 	}
 	defer svc.Close()
 	m, _ := svc.Registry().New(f.kind, path)
-	if _, err := svc.Get(ctx, m); err != nil {
+	if err := svc.Get(ctx, m); err != nil {
 		return failure(s, f.fs, err)
 	}
 	if raw, isRaw := m.(*secrets.Raw); isRaw {
@@ -202,7 +207,7 @@ func runSecretsRm(ctx context.Context, s stdio, args []string) int {
 		return code
 	}
 	defer svc.Close()
-	if err := svc.Delete(ctx, f.kind, path, driver.DeleteOptions{}); err != nil {
+	if err := svc.Delete(ctx, f.kind, path); err != nil {
 		return failure(s, f.fs, err)
 	}
 	return exitOK
