@@ -45,7 +45,10 @@ var commands = []command{
 	{name: "keygen", summary: "generate message, signing and HPKE key pairs", run: runKeygen},
 	{name: "open", summary: "verify and decrypt a queue message read on stdin", run: runOpen},
 	{name: "seal", summary: "encrypt and sign a Request JSON read on stdin", run: runSeal},
+	{name: "responses", summary: "read and open the sealed reports for a queue", run: runResponses},
+	{name: "runner", summary: "consume sealed work from RabbitMQ queues and run it", run: runRunner},
 	{name: "secrets", summary: "store and read secrets through the storage backends", run: runSecrets},
+	{name: "send", summary: "seal a Request and publish it to a runner's queue", run: runSend},
 	{name: "version", summary: "print the sealrun version", run: runVersion},
 }
 

@@ -1,0 +1,346 @@
+package runner
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	storageconfig "github.com/sealrun/sealrun/storage/config"
+)
+
+// Config is the runner's configuration file (YAML, strictly decoded: an
+// unknown field is an error naming it).
+type Config struct {
+	// RunnerID names this runner in JobRecords, RunnerRecords and reports
+	// (default: hostname-pid).
+	RunnerID string `yaml:"runner_id"`
+	AMQP     AMQP   `yaml:"amqp"`
+	// Queues are the bare queue names to consume (without "StudioML.").
+	// The queue name selects the signing key and the response key.
+	Queues []string `yaml:"queues"`
+	// DeadLetter, when set, makes sealrun declare a dead-letter exchange and
+	// one dead-letter queue per consumed queue, and declare the consumed
+	// queues with it. Without it, rejected messages go wherever the queue's
+	// own policy sends them (or are dropped).
+	DeadLetter *DeadLetter `yaml:"dead_letter"`
+	Keys       KeysConfig  `yaml:"keys"`
+	// ClearText lists queue prefixes on which unencrypted requests are
+	// accepted; empty refuses clear text everywhere (spec §6).
+	ClearText []string `yaml:"clear_text"`
+	// ReplayWindow bounds the age of HPKE messages (default 15m).
+	ReplayWindow time.Duration `yaml:"replay_window"`
+	// Concurrency is how many messages run at once (default 4).
+	Concurrency int            `yaml:"concurrency"`
+	Executor    ExecutorConfig `yaml:"executor"`
+	// ShutdownGrace is how long running jobs may finish after SIGTERM before
+	// they are killed and their messages requeued (default 30s).
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	HTTP          HTTP          `yaml:"http"`
+	// Heartbeat is how often the RunnerRecord is refreshed in etcd
+	// (default 10s; negative disables it).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// Storage is sealrun's storage configuration (see storage/config); the
+	// runner keeps JobRecords and RunnerRecords in its state backend.
+	Storage yaml.Node `yaml:"storage"`
+
+	storage *storageconfig.Config
+}
+
+// AMQP is the broker connection.
+type AMQP struct {
+	// URL is an amqp:// or amqps:// URL. Prefer URLFile: a password in the
+	// config file is readable by whoever can read the config.
+	URL string `yaml:"url"`
+	// URLFile holds the URL (first line), e.g. a mounted secret.
+	URLFile string `yaml:"url_file"`
+	// Exchange is the topic exchange requests are published to (default
+	// "StudioML.topic", spec §5b).
+	Exchange string `yaml:"exchange"`
+	// Prefetch is the channel QoS (default 2 × concurrency).
+	Prefetch int `yaml:"prefetch"`
+	// Declare makes sealrun declare the exchange, the queues (durable) and
+	// their bindings (default true). With false, they must exist.
+	Declare *bool `yaml:"declare"`
+	// Heartbeat is the AMQP heartbeat (default 10s).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// ReconnectMin and ReconnectMax bound the jittered reconnect backoff
+	// (defaults 500ms and 30s).
+	ReconnectMin time.Duration `yaml:"reconnect_min"`
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
+	TLS          *TLS          `yaml:"tls"`
+}
+
+// TLS configures amqps:// connections.
+type TLS struct {
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"`
+}
+
+// DeadLetter names the dead-letter exchange sealrun declares.
+type DeadLetter struct {
+	// Exchange is the DLX name (default "sealrun.dlx", a direct exchange).
+	Exchange string `yaml:"exchange"`
+	// QueueSuffix names each dead-letter queue: <queue><suffix>
+	// (default ".dead").
+	QueueSuffix string `yaml:"queue_suffix"`
+}
+
+// KeysConfig selects where the runner's keys come from.
+type KeysConfig struct {
+	// Source is "proxy" (the secrets proxy, see ProxyKeySource) or "dir"
+	// (the StudioML Kubernetes secret layout, see DirKeySource).
+	Source string `yaml:"source"`
+	// Dir is the layout's root for source "dir".
+	Dir string `yaml:"dir"`
+	// Proxy is how source "proxy" reaches the secrets proxy: the keys are
+	// the typed models under /secrets/sealrun/, and its watch stream
+	// delivers changes.
+	Proxy *ProxyKeys `yaml:"proxy"`
+	// PollInterval is how often source "dir" checks for changed files
+	// (default 2s).
+	PollInterval time.Duration `yaml:"poll_interval"`
+}
+
+// ProxyKeys locates the secrets proxy and this runner's API credential
+// (a credential granted get, list and watch on /secrets/sealrun/).
+type ProxyKeys struct {
+	Socket string `yaml:"socket"` // unix socket (default /run/sealrun/secrets.sock)
+	APIID  string `yaml:"api_id"`
+	// APIKeyFile holds the API key (a systemd credential, a Kubernetes
+	// Secret); without it the key is read from $SEALRUN_API_KEY.
+	APIKeyFile string `yaml:"api_key_file"`
+	// CacheTTL bounds how long a key read is trusted without a watch event
+	// (default 30s).
+	CacheTTL time.Duration `yaml:"cache_ttl"`
+}
+
+// ExecutorConfig configures the executor that runs each request.
+type ExecutorConfig struct {
+	// Type is "command" (default) or "noop" (acknowledges without running
+	// anything; for tests and benchmarks).
+	Type string `yaml:"type"`
+	// Command is the argv template; each element is a Go text/template with
+	// .Queue, .ID, .Suite and .WorkDir.
+	Command []string `yaml:"command"`
+	// WorkRoot holds one working directory per job (default: the system
+	// temp dir). Job directories are removed when the job ends.
+	WorkRoot string `yaml:"work_root"`
+	// Env lists the environment variables passed through from the runner;
+	// nothing else is inherited.
+	Env []string `yaml:"env"`
+	// Timeout bounds one job (default 1h).
+	//
+	// A message is acknowledged only when its job is recorded finished, so
+	// the broker's consumer_timeout (rabbitmq.conf, default 30 min on 3.10;
+	// per queue with x-consumer-timeout on 3.12+) must exceed Timeout, or
+	// the broker closes the channel under a long job. If it does, the
+	// message is redelivered; a redelivery to this runner waits for the
+	// running job and is then acked as finished, but a redelivery to another
+	// runner would take the unfinished job over and run it again.
+	Timeout time.Duration `yaml:"timeout"`
+	// OutputLimit caps the captured output in bytes (default 64 KiB); the
+	// rest is discarded and the report says so.
+	OutputLimit int `yaml:"output_limit"`
+}
+
+// HTTP is the operations endpoint: /healthz, /readyz and /metrics.
+type HTTP struct {
+	// Listen is a host:port; empty disables the endpoint.
+	Listen string `yaml:"listen"`
+}
+
+// LoadConfig reads and validates the file at path.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read runner config: %w", err)
+	}
+	c, err := DecodeConfig(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("runner config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// DecodeConfig strictly decodes one YAML document, applies defaults and
+// validates. It touches no files.
+func DecodeConfig(r io.Reader) (*Config, error) {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty config")
+		}
+		return nil, err
+	}
+	if c.Storage.Kind != 0 {
+		// Re-encode the node so the storage package decodes its own part
+		// with its own strict rules and defaults.
+		raw, err := yaml.Marshal(&c.Storage)
+		if err != nil {
+			return nil, fmt.Errorf("storage: %w", err)
+		}
+		sc, err := storageconfig.Decode(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("storage: %w", err)
+		}
+		c.storage = sc
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// StorageConfig returns the decoded storage section (nil if absent).
+func (c *Config) StorageConfig() *storageconfig.Config { return c.storage }
+
+func (c *Config) setDefaults() {
+	if c.RunnerID == "" {
+		host, _ := os.Hostname()
+		c.RunnerID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	a := &c.AMQP
+	if a.Exchange == "" {
+		a.Exchange = DefaultExchange
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
+	}
+	if a.Prefetch <= 0 {
+		a.Prefetch = 2 * c.Concurrency
+	}
+	if a.Declare == nil {
+		t := true
+		a.Declare = &t
+	}
+	if a.Heartbeat <= 0 {
+		a.Heartbeat = 10 * time.Second
+	}
+	if a.ReconnectMin <= 0 {
+		a.ReconnectMin = 500 * time.Millisecond
+	}
+	if a.ReconnectMax <= 0 {
+		a.ReconnectMax = 30 * time.Second
+	}
+	if d := c.DeadLetter; d != nil {
+		if d.Exchange == "" {
+			d.Exchange = "sealrun.dlx"
+		}
+		if d.QueueSuffix == "" {
+			d.QueueSuffix = ".dead"
+		}
+	}
+	if c.Keys.PollInterval <= 0 {
+		c.Keys.PollInterval = 2 * time.Second
+	}
+	if c.ReplayWindow <= 0 {
+		c.ReplayWindow = 15 * time.Minute
+	}
+	e := &c.Executor
+	if e.Type == "" {
+		e.Type = "command"
+	}
+	if e.Timeout <= 0 {
+		e.Timeout = time.Hour
+	}
+	if e.OutputLimit <= 0 {
+		e.OutputLimit = 64 << 10
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 10 * time.Second
+	}
+}
+
+// Validate checks the configuration for consistency.
+func (c *Config) Validate() error {
+	if (c.AMQP.URL == "") == (c.AMQP.URLFile == "") {
+		return errors.New("amqp: set exactly one of url and url_file")
+	}
+	if c.AMQP.URL != "" {
+		u, err := url.Parse(c.AMQP.URL)
+		if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+			// The URL may hold a password: never echo it.
+			return errors.New("amqp.url: not an amqp:// or amqps:// URL")
+		}
+	}
+	if len(c.Queues) == 0 {
+		return errors.New("queues: list at least one queue to consume")
+	}
+	seen := map[string]bool{}
+	for _, q := range c.Queues {
+		switch {
+		case q == "" || len(q) > 200:
+			return fmt.Errorf("queues: %q is not a usable queue name", q)
+		case strings.HasPrefix(q, "StudioML."):
+			return fmt.Errorf("queues: %q: give the bare queue name, without the StudioML. routing prefix", q)
+		case strings.HasPrefix(q, "amq."):
+			return fmt.Errorf("queues: %q: names starting with amq. are reserved by RabbitMQ", q)
+		case seen[q]:
+			return fmt.Errorf("queues: %q is listed twice", q)
+		}
+		seen[q] = true
+	}
+	switch c.Keys.Source {
+	case "dir":
+		if c.Keys.Dir == "" {
+			return errors.New("keys.dir is required for keys.source dir")
+		}
+	case "proxy":
+		if c.Keys.Proxy == nil || c.Keys.Proxy.APIID == "" {
+			return errors.New("keys.proxy.api_id is required for keys.source proxy")
+		}
+		if c.Keys.Proxy.Socket == "" {
+			c.Keys.Proxy.Socket = "/run/sealrun/secrets.sock"
+		}
+	case "":
+		return errors.New("keys.source is required (proxy or dir)")
+	default:
+		return fmt.Errorf("keys.source %q: want proxy or dir", c.Keys.Source)
+	}
+	switch c.Executor.Type {
+	case "command":
+		if len(c.Executor.Command) == 0 {
+			return errors.New("executor.command: give the argv to run for each job")
+		}
+		if _, err := parseArgv(c.Executor.Command); err != nil {
+			return fmt.Errorf("executor.command: %w", err)
+		}
+	case "noop":
+	default:
+		return fmt.Errorf("executor.type %q: want command or noop", c.Executor.Type)
+	}
+	for _, p := range c.ClearText {
+		if len(p) < 4 {
+			return fmt.Errorf("clear_text: prefix %q is shorter than 4 characters", p)
+		}
+	}
+	return nil
+}
+
+// amqpURL returns the broker URL from url or url_file.
+func (c *Config) amqpURL() (string, error) {
+	if c.AMQP.URL != "" {
+		return c.AMQP.URL, nil
+	}
+	b, err := os.ReadFile(c.AMQP.URLFile)
+	if err != nil {
+		return "", fmt.Errorf("amqp.url_file: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return strings.TrimSpace(line), nil
+}

@@ -1,0 +1,90 @@
+package runner
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimalConfig = `
+amqp: {url: "amqp://guest:guest@127.0.0.1:5672/"}
+queues: [rmq_cpu_x]
+keys: {source: dir, dir: /keys}
+executor: {command: [/bin/true]}
+`
+
+func TestDecodeConfig(t *testing.T) {
+	c, err := DecodeConfig(strings.NewReader(minimalConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AMQP.Exchange != DefaultExchange || c.Concurrency != 4 || c.AMQP.Prefetch != 8 || !*c.AMQP.Declare ||
+		c.ShutdownGrace != 30*time.Second || c.Executor.Timeout != time.Hour {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+	cases := map[string]string{
+		"unknown field":   minimalConfig + "bogus: 1\n",
+		"nested unknown":  strings.Replace(minimalConfig, "source: dir", "source: dir, nope: 1", 1),
+		"no queues":       strings.Replace(minimalConfig, "[rmq_cpu_x]", "[]", 1),
+		"routing prefix":  strings.Replace(minimalConfig, "[rmq_cpu_x]", "[StudioML.rmq_cpu_x]", 1),
+		"bad url":         strings.Replace(minimalConfig, "amqp://", "http://", 1),
+		"no key source":   strings.Replace(minimalConfig, "source: dir, ", "", 1),
+		"bad template":    strings.Replace(minimalConfig, "/bin/true", "'{{.Nope'", 1),
+		"storage unknown": minimalConfig + "storage: {state: {backend: memory, x: 1}}\n",
+		"empty":           "",
+	}
+	for name, doc := range cases {
+		if _, err := DecodeConfig(strings.NewReader(doc)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	_, err = DecodeConfig(strings.NewReader(minimalConfig + "bogus: 1\n"))
+	if !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("unknown-field error %q does not name the field", err)
+	}
+	_, err = DecodeConfig(strings.NewReader(strings.Replace(minimalConfig, "guest:guest", "guest:s3cr3t", 1) + "queues: []\n"))
+	if err != nil && strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("error echoes the password: %v", err)
+	}
+}
+
+func TestExampleConfig(t *testing.T) {
+	f, err := os.Open("../configs/runner.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := DecodeConfig(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StorageConfig() == nil || c.StorageConfig().State.Backend != "etcd" {
+		t.Fatalf("storage section not decoded: %+v", c.StorageConfig())
+	}
+}
+
+func FuzzDecodeConfig(f *testing.F) {
+	f.Add(minimalConfig)
+	if b, err := os.ReadFile("../configs/runner.yaml"); err == nil {
+		f.Add(string(b))
+	}
+	f.Add(minimalConfig + "dead_letter: {}\nclear_text: [rmq_]\n")
+	f.Add(minimalConfig + "storage: {state: {backend: memory}, secrets: {backend: overlay, overlay: {store: memory, master_key: k}}}\n")
+	f.Add("amqp: [1, 2]\n")
+	f.Add("queues: {a: b}\n")
+	f.Add("{{{{")
+	f.Fuzz(func(t *testing.T, doc string) {
+		c, err := DecodeConfig(strings.NewReader(doc))
+		if err != nil {
+			return
+		}
+		// Whatever decodes must be valid and usable.
+		if err := c.Validate(); err != nil {
+			t.Fatalf("decoded config fails Validate: %v", err)
+		}
+		if c.Concurrency <= 0 || c.AMQP.Prefetch <= 0 || c.AMQP.Declare == nil || len(c.Queues) == 0 {
+			t.Fatalf("defaults missing: %+v", c)
+		}
+	})
+}

@@ -1,0 +1,51 @@
+package runner
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/etcd"
+	"github.com/sealrun/sealrun/storage/memory"
+)
+
+// BenchmarkJobsClaimFinish is the etcd part of a message alone: a claim and
+// a finish per message, 64 at a time, on embedded etcd.
+func BenchmarkJobsClaimFinish(b *testing.B) {
+	st, err := storage.New(memory.New(), etcd.New(testenv.Etcd(b), "/s/"), storage.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	j := &Jobs{Store: st}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range 64 {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				id := fmt.Sprintf("m%d", i)
+				now := time.Now()
+				_, rev, err := j.Claim(b.Context(), "q", id, false, now)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if err := j.Finish(b.Context(), "q", id, rev, now, now, 0); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}

@@ -1,0 +1,150 @@
+package runner
+
+import (
+	"context"
+	"crypto/rand"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/proxy"
+	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/proxy/client"
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/driver"
+	"github.com/sealrun/sealrun/storage/etcd"
+	"github.com/sealrun/sealrun/storage/overlay"
+)
+
+// keyProxy is a real secrets proxy (overlay on embedded etcd) holding the
+// fixtures' keys as typed models, and a client with a runner's credential.
+type keyProxy struct {
+	store  *storage.Service
+	sock   string
+	client *client.Client
+	srv    interface{ Close() error }
+}
+
+func startKeyProxy(t testing.TB) *keyProxy {
+	t.Helper()
+	fixtures(t)
+	cli := testenv.Etcd(t)
+	raw := make([]byte, overlay.KeySize)
+	rand.Read(raw)
+	k, _ := overlay.NewKey("k1", raw)
+	ring, _ := overlay.NewKeyRing(k)
+	store, err := storage.New(overlay.New(etcd.New(cli, "/sealrun/secrets/"), ring, overlay.Pinning),
+		etcd.New(cli, "/sealrun/state/"), storage.Options{Registry: proxy.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	dir := t.TempDir()
+	al, err := audit.Open(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := proxy.NewCredentials(store)
+	srv, err := proxy.NewServer(proxy.Options{Store: store, Credentials: creds, Audit: al})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &keyProxy{store: store, sock: filepath.Join(dir, "secrets.sock")}
+	ln, err := proxy.ListenUnix(p.sock, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := srv.HTTPServer()
+	go hs.Serve(ln)
+	p.srv = hs
+	t.Cleanup(func() { hs.Close(); al.Close() })
+	ctx := context.Background()
+	key, err := creds.Create(ctx, "runner-1", proxy.Grant{Paths: []string{"/secrets/sealrun/"}, Verbs: []string{"get", "list", "watch"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.client, err = client.New(client.Config{Socket: p.sock, ID: "runner-1", Key: key, Retries: 2, Timeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.client.Close)
+	pem, _ := fixRSA.MarshalEncryptedPEM(fixPass)
+	hp, _ := fixHPKE.MarshalPEM()
+	for _, m := range []secrets.Model{
+		&secrets.MessagePrivateKey{KeyID: "message", PEM: pem},
+		&secrets.MessagePassphrase{KeyID: "message", Passphrase: fixPass},
+		&secrets.MessagePrivateKey{KeyID: "hpke-1", PEM: hp},
+		&secrets.SigningKey{QueuePrefix: fixPrefix, PublicKey: fixSign.Public().AuthorizedKey()},
+		&secrets.ResponseKey{ResponsePrefix: fixPrefix, PublicKeyPEM: string(fixResp.Public().MarshalPKCS1PEM())},
+	} {
+		if _, err := store.Put(ctx, m, driver.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+func TestProxyKeySource(t *testing.T) {
+	p := startKeyProxy(t)
+	ks := &ProxyKeySource{Client: p.client}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes := ks.Changes(ctx)
+	keys, err := ks.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys.MessageKeys) != 1 || !keys.MessageKeys[0].Equal(fixRSA) || len(keys.HPKEKeys) != 1 || keys.HPKEKeys[0].KeyID() != fixHPKE.KeyID() {
+		t.Fatalf("message keys: %d RSA, %d HPKE", len(keys.MessageKeys), len(keys.HPKEKeys))
+	}
+	if _, k, ok := keys.SigningKeys.Lookup(fixPrefix + "q1"); !ok || !k.Equal(fixSign.Public()) {
+		t.Fatal("signing key not loaded")
+	}
+	if _, k, ok := keys.ResponseKeys.Lookup(fixPrefix + "q1_response"); !ok || !k.Equal(fixResp.Public()) {
+		t.Fatal("response key not loaded")
+	}
+	// A new signing key reaches the runner through the watch stream.
+	drain := func() {
+		for {
+			select {
+			case <-changes:
+			default:
+				return
+			}
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the watches establish
+	drain()
+	p.store.Put(ctx, &secrets.SigningKey{QueuePrefix: "rmq_new_", PublicKey: fixOther.Public().AuthorizedKey()}, driver.PutOptions{})
+	select {
+	case <-changes:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change signalled for a new signing key")
+	}
+	eventually(t, 5*time.Second, "new signing key loaded", func() bool {
+		k, err := ks.Load(ctx)
+		return err == nil && k.SigningKeys.Len() == 2
+	})
+	// The proxy going away is an error (transient for the runner), never an
+	// empty key set.
+	p.srv.Close()
+	p.client.InvalidateAll()
+	if _, err := ks.Load(ctx); err == nil {
+		t.Fatal("Load succeeded with the proxy down")
+	}
+}
+
+// The runner consumes with keys fetched through the proxy.
+func TestRunnerWithProxyKeys(t *testing.T) {
+	p := startKeyProxy(t)
+	q := fixPrefix + "proxied"
+	h := newHarness(t, harnessOpt{queues: []string{q}, responses: true,
+		keys: func(KeySource) KeySource { return &ProxyKeySource{Client: p.client} }})
+	h.publish(q, sealStudio(t, fixSign), sealHPKE(t, q))
+	resps := h.drain(envelope.ResponseQueue(q), 2, 30*time.Second)
+	if len(resps) != 2 {
+		t.Fatalf("got %d responses, want 2", len(resps))
+	}
+}

@@ -1,0 +1,218 @@
+package runner
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// supervise keeps a consuming session alive until ctx ends. amqp091-go has
+// no recovery of its own worth relying on, so every loss (connection,
+// channel, consumer cancelled by the broker) ends the session and a new one
+// is dialled after a jittered, growing delay, forever.
+func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup) {
+	fails := 0
+	everConnected := false
+	for {
+		started := time.Now()
+		err := r.session(ctx, jobCtx, handlers, func() {
+			if everConnected {
+				r.m.reconnects.Inc()
+				r.log.Info("reconnected to the broker")
+			}
+			everConnected = true
+		})
+		r.connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > time.Minute {
+			fails = 0 // a long session: the broker was fine, start over
+		}
+		fails++
+		d := backoff(fails, r.cfg.AMQP.ReconnectMin, r.cfg.AMQP.ReconnectMax)
+		r.log.Warn("broker session ended; reconnecting", "error", err, "attempt", fails, "retry_in", d)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// session is one connection: it declares the topology, consumes every queue
+// and dispatches deliveries to handlers until the connection or a channel
+// closes (error) or ctx ends (nil, after consumers are cancelled).
+func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, consuming func()) error {
+	url, err := r.cfg.amqpURL()
+	if err != nil {
+		return err
+	}
+	cfg := amqp.Config{Heartbeat: r.cfg.AMQP.Heartbeat, Properties: amqp.NewConnectionProperties(),
+		Dial: amqp.DefaultDial(10 * time.Second)}
+	cfg.Properties.SetClientConnectionName("sealrun-runner " + r.cfg.RunnerID)
+	if r.cfg.AMQP.TLS != nil {
+		if cfg.TLSClientConfig, err = tlsConfig(r.cfg.AMQP.TLS); err != nil {
+			return err
+		}
+	}
+	conn, err := amqp.DialConfig(url, cfg)
+	if err != nil {
+		// amqp091 errors name the host, never the URL's password.
+		return fmt.Errorf("dial broker: %w", err)
+	}
+	defer conn.Close()
+	// Buffered: the library blocks on unbuffered notification channels.
+	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	cancelled := ch.NotifyCancel(make(chan string, len(r.cfg.Queues)))
+	if err := ch.Qos(r.cfg.AMQP.Prefetch, 0, false); err != nil {
+		return fmt.Errorf("set prefetch: %w", err)
+	}
+	if err := r.declare(ch); err != nil {
+		return err
+	}
+	pub, err := newPublisher(conn, r.cfg, r.log)
+	if err != nil {
+		return err
+	}
+	defer pub.close()
+
+	consumeCtx, stopConsuming := context.WithCancel(ctx)
+	defer stopConsuming()
+	type queued struct {
+		queue string
+		d     amqp.Delivery
+	}
+	var feeders sync.WaitGroup
+	for _, q := range r.cfg.Queues {
+		tag := fmt.Sprintf("sealrun-%s-%s-%d", r.cfg.RunnerID, q, time.Now().UnixNano())
+		deliveries, err := ch.ConsumeWithContext(consumeCtx, q, tag, false, false, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("consume queue %s: %w", q, err)
+		}
+		// One feeder per queue takes a concurrency slot before each
+		// delivery, so prefetch fills the channel but at most Concurrency
+		// messages run.
+		feeders.Go(func() {
+			for d := range deliveries {
+				select {
+				case r.slots <- struct{}{}:
+				case <-consumeCtx.Done():
+					// Not started: give it back now rather than at close.
+					_ = d.Nack(false, true)
+					continue
+				}
+				handlers.Go(func() {
+					defer func() { <-r.slots }()
+					r.handle(jobCtx, pub, q, d)
+				})
+			}
+		})
+	}
+	r.connected.Store(true)
+	consuming()
+	r.readyOnce.Do(func() { close(r.ready) })
+	r.log.Info("consuming", "queues", r.cfg.Queues, "prefetch", r.cfg.AMQP.Prefetch, "concurrency", r.cfg.Concurrency)
+
+	var end error
+	select {
+	case <-ctx.Done():
+	case e := <-connClosed:
+		end = fmt.Errorf("connection closed: %v", e)
+	case e := <-chClosed:
+		end = fmt.Errorf("channel closed: %v", e)
+	case e := <-pub.closed:
+		end = fmt.Errorf("publishing channel closed: %v", e)
+	case q := <-cancelled:
+		end = fmt.Errorf("broker cancelled consumer %s (queue deleted?)", q)
+	}
+	stopConsuming()
+	feeders.Wait()
+	if end == nil {
+		// Shutdown: handlers still ack on this channel, so keep the
+		// connection open until they are done (bounded by the grace
+		// period, after which the jobs are killed and requeued).
+		handlers.Wait()
+		return nil
+	}
+	return end
+}
+
+// declare creates the exchange, queues, bindings and dead-lettering
+// (spec §5b) unless the configuration says they are managed elsewhere.
+func (r *Runner) declare(ch *amqp.Channel) error {
+	if !*r.cfg.AMQP.Declare {
+		return nil
+	}
+	ex := r.cfg.AMQP.Exchange
+	if err := ch.ExchangeDeclare(ex, "topic", true, true, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %s: %w", ex, err)
+	}
+	dl := r.cfg.DeadLetter
+	if dl != nil {
+		if err := ch.ExchangeDeclare(dl.Exchange, "direct", true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare dead-letter exchange %s: %w", dl.Exchange, err)
+		}
+	}
+	for _, q := range r.cfg.Queues {
+		var args amqp.Table
+		if dl != nil {
+			args = amqp.Table{"x-dead-letter-exchange": dl.Exchange, "x-dead-letter-routing-key": q}
+			dq := q + dl.QueueSuffix
+			if _, err := ch.QueueDeclare(dq, true, false, false, false, nil); err != nil {
+				return fmt.Errorf("declare dead-letter queue %s: %w", dq, err)
+			}
+			if err := ch.QueueBind(dq, q, dl.Exchange, false, nil); err != nil {
+				return fmt.Errorf("bind dead-letter queue %s: %w", dq, err)
+			}
+		}
+		if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
+			var ae *amqp.Error
+			if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+				return fmt.Errorf("declare queue %s: it exists with other arguments (dead-lettering?): %w; align dead_letter with the queue or set amqp.declare: false", q, err)
+			}
+			return fmt.Errorf("declare queue %s: %w", q, err)
+		}
+		if err := ch.QueueBind(q, "StudioML."+q, ex, false, nil); err != nil {
+			return fmt.Errorf("bind queue %s to %s: %w", q, ex, err)
+		}
+	}
+	return nil
+}
+
+func tlsConfig(t *TLS) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("amqp.tls.ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("amqp.tls.ca_file %s: no PEM certificates", t.CAFile)
+		}
+	}
+	if t.CertFile != "" || t.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("amqp.tls client certificate: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
