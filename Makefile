@@ -6,7 +6,7 @@ BIN      := bin/sealrun
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 FUZZTIME ?= 20s
 
-.PHONY: all build test deps vet fmt-check fuzz bench clean
+.PHONY: all build test deps vet fmt-check fuzz bench demo clean
 
 all: build
 
@@ -42,7 +42,11 @@ FUZZ_TARGETS := \
 	./proxy:FuzzDecodeConfig \
 	./proxy/audit:FuzzVerify \
 	./storage/overlay:FuzzOpen \
-	./storage/config:FuzzDecode
+	./storage/config:FuzzDecode \
+	./runner:FuzzDecodeConfig \
+	./migrate:FuzzParseK8sSecrets \
+	./migrate:FuzzParseMapping \
+	./migrate:FuzzParseSpec
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -53,7 +57,13 @@ fuzz:
 
 # Benchmarks with the goals set in the issues; fails if a goal is missed.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./envelope ./storage/overlay ./proxy | tee /dev/stderr | bash scripts/bench-report.sh
+	{ $(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./envelope ./storage/overlay ./storage/kek ./proxy && \
+	  $(GO) test -run '^$$' -bench . -benchtime 3000x ./runner && \
+	  SEALRUN_BENCH_N=10000 $(GO) test -run '^$$' -bench . -benchtime 1x ./migrate; } | tee /dev/stderr | bash scripts/bench-report.sh
+
+# The whole system on one machine: RabbitMQ, proxy, runner, three messages.
+demo:
+	bash scripts/demo.sh
 
 clean:
 	rm -rf bin

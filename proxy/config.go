@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/sealrun/sealrun/internal/credpath"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
 
@@ -107,6 +108,14 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 	}
 	if t := c.Listen.TCP; t != nil && (t.Address == "" || t.CertFile == "" || t.KeyFile == "" || t.ClientCAFile == "") {
 		return nil, errors.New("listen.tcp: address, cert_file, key_file and client_ca_file are all required (TLS 1.3 with client certificates)")
+	}
+	if t := c.Listen.TCP; t != nil {
+		// The TLS key may come from systemd's LoadCredential= (package credpath).
+		if err := credpath.ExpandFields(credpath.Field{Name: "listen.tcp.cert_file", Path: &t.CertFile},
+			credpath.Field{Name: "listen.tcp.key_file", Path: &t.KeyFile},
+			credpath.Field{Name: "listen.tcp.client_ca_file", Path: &t.ClientCAFile}); err != nil {
+			return nil, err
+		}
 	}
 	if c.Limits.MaxBody < 0 || c.Limits.Rate < 0 || c.Limits.Burst < 0 {
 		return nil, errors.New("limits: values must not be negative")

@@ -65,6 +65,11 @@ type Server struct {
 	failures sync.Map // peer -> *rate.Limiter
 	reqs     *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	// streams ends watch streams when an http.Server from HTTPServer shuts
+	// down: Shutdown does not cancel running handlers, so without it every
+	// stop waited its whole timeout for the runners' watch streams.
+	streams     context.Context
+	stopStreams context.CancelFunc
 }
 
 // NewServer checks opts and returns a Server.
@@ -102,6 +107,7 @@ func NewServer(o Options) (*Server, error) {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sealrun_proxy_request_seconds",
 			Help: "Secrets proxy request latency, audit fsync included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}, []string{"verb"}),
 	}
+	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	if o.Metrics != nil {
 		for _, c := range []prometheus.Collector{s.reqs, s.latency} {
 			if err := o.Metrics.Register(c); err != nil {
@@ -482,7 +488,7 @@ func sortedUnique(names []string) []string {
 // clients (watch streams lift the write deadline themselves) and unix peer
 // credentials recorded for authorization and audit.
 func (s *Server) HTTPServer() *http.Server {
-	return &http.Server{
+	hs := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -492,4 +498,6 @@ func (s *Server) HTTPServer() *http.Server {
 		ConnContext:       ConnContext,
 		ErrorLog:          slog.NewLogLogger(s.o.Logger.Handler(), slog.LevelWarn),
 	}
+	hs.RegisterOnShutdown(s.stopStreams)
+	return hs
 }

@@ -68,6 +68,8 @@ func (s *Server) watch(q *request, name string) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.streams.Done():
+			return nil
 		case <-tick.C:
 			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil || rc.Flush() != nil {
 				return nil

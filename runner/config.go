@@ -12,6 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/sealrun/sealrun/internal/credpath"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
 
@@ -197,6 +198,9 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 		c.storage = sc
 	}
 	c.setDefaults()
+	if err := c.expandCredentials(); err != nil {
+		return nil, err
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -343,4 +347,19 @@ func (c *Config) amqpURL() (string, error) {
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	return strings.TrimSpace(line), nil
+}
+
+// expandCredentials resolves ${CREDENTIALS_DIRECTORY} in the path options
+// that may name a secret file (systemd LoadCredential=).
+func (c *Config) expandCredentials() error {
+	fs := []credpath.Field{{Name: "amqp.url_file", Path: &c.AMQP.URLFile}}
+	if t := c.AMQP.TLS; t != nil {
+		fs = append(fs, credpath.Field{Name: "amqp.tls.ca_file", Path: &t.CAFile},
+			credpath.Field{Name: "amqp.tls.cert_file", Path: &t.CertFile},
+			credpath.Field{Name: "amqp.tls.key_file", Path: &t.KeyFile})
+	}
+	if p := c.Keys.Proxy; p != nil {
+		fs = append(fs, credpath.Field{Name: "keys.proxy.api_key_file", Path: &p.APIKeyFile})
+	}
+	return credpath.ExpandFields(fs...)
 }

@@ -50,6 +50,8 @@ func TestDecodeConfig(t *testing.T) {
 }
 
 func TestExampleConfig(t *testing.T) {
+	// As under systemd's LoadCredential=, which the example relies on.
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/sealrun-runner.service")
 	f, err := os.Open("../configs/runner.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,10 @@ GOALS=(
 	"overlay Put vs plain etcd driver Put|Etcd/Put/overlay|Etcd/Put/plain|0.8"
 	"proxy GET, client cache (ops/s)|ProxyGetCached||20000"
 	"proxy GET uncached vs raw etcd Get|ProxyGetUncached|RawEtcdGet|0.8"
+	"overlay Get, Transit KEK vs file key|OverlayGet/Get/transit-kek|OverlayGet/Get/file-key|0.9"
+	"runner StudioML e2e vs 2 cores x raw RSA decrypt|EndToEndStudioML|RawRSADecryptOAEP|1.7"
+	"runner HPKE e2e (msg/s)|EndToEndHPKE||5000"
+	"migrate N secrets vs raw puts|Migrate|RawPut|0.8"
 )
 awk -v goals="$(printf '%s\n' "${GOALS[@]}")" '
 /^Benchmark/ && / ns\/op/ {

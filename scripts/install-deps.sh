@@ -6,7 +6,8 @@ set -euo pipefail
 # python3-nacl and python3-pycryptodome run the StudioML interop test; openssl
 # and openssh-client make key files the way operators do (spec §4).
 # rabbitmq-server is the real broker the runner tests start a private node of.
-PKGS=(python3 python3-nacl python3-pycryptodome openssl openssh-client rabbitmq-server)
+# systemd provides systemd-analyze, which verifies and scores deploy/systemd.
+PKGS=(python3 python3-nacl python3-pycryptodome openssl openssh-client rabbitmq-server systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -42,11 +42,14 @@ type command struct {
 // commands is the explicit list of subcommands; keep it sorted by name.
 var commands = []command{
 	{name: "audit", summary: "verify the secrets proxy audit log chain", run: runAudit},
+	{name: "config", summary: "check configuration files and print complete defaults", run: runConfig},
 	{name: "keygen", summary: "generate message, signing and HPKE key pairs", run: runKeygen},
+	{name: "migrate", summary: "import existing secrets (StudioML, kubectl, etcd, Custodia, Vault) into the store", run: runMigrate},
 	{name: "open", summary: "verify and decrypt a queue message read on stdin", run: runOpen},
-	{name: "seal", summary: "encrypt and sign a Request JSON read on stdin", run: runSeal},
 	{name: "responses", summary: "read and open the sealed reports for a queue", run: runResponses},
+	{name: "rotate", summary: "rotate the overlay master key or the Transit KEK online", run: runRotate},
 	{name: "runner", summary: "consume sealed work from RabbitMQ queues and run it", run: runRunner},
+	{name: "seal", summary: "encrypt and sign a Request JSON read on stdin", run: runSeal},
 	{name: "secrets", summary: "store and read secrets through the storage backends", run: runSecrets},
 	{name: "send", summary: "seal a Request and publish it to a runner's queue", run: runSend},
 	{name: "version", summary: "print the sealrun version", run: runVersion},

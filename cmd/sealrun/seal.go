@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -69,28 +70,13 @@ queue name, which it binds into the signed header.`,
 	if err != nil {
 		return failure(s, fs, err)
 	}
-	var msg []byte
-	if suite == envelope.SuiteStudioML {
-		pub, err := envelope.ParseMessagePublicKey(pubData)
-		if err != nil {
-			return failure(s, fs, fmt.Errorf("%s: %w (use an HPKE public key with --suite hpke)", *pubPath, err))
+	msg, err := sealRequest(req, pubData, *pubPath, signer, suite, *suiteName == "hpke", *queue, *id)
+	if err != nil {
+		var ue usageErr
+		if errors.As(err, &ue) {
+			return usageError(s, fs, "%v", err)
 		}
-		msg, err = envelope.SealStudioML(req, pub, signer)
-		if err != nil {
-			return failure(s, fs, err)
-		}
-	} else {
-		pub, err := envelope.ParseHPKEPublicKey(pubData)
-		if err != nil {
-			return failure(s, fs, fmt.Errorf("%s: %w", *pubPath, err))
-		}
-		if *suiteName != "hpke" && pub.Suite() != suite {
-			return usageError(s, fs, "--suite %s does not match the public key's suite %s", suite, pub.Suite())
-		}
-		msg, err = envelope.SealHPKE(req, pub, signer, envelope.SealHPKEOptions{Queue: *queue, ID: *id})
-		if err != nil {
-			return failure(s, fs, err)
-		}
+		return failure(s, fs, err)
 	}
 	s.out.Write(append(msg, '\n'))
 	return exitOK
@@ -112,4 +98,28 @@ func loadSigner(path, passPath string) (*envelope.SigningPrivateKey, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return k, nil
+}
+
+// usageErr marks a sealRequest error as the caller's flags' fault (exit 2).
+type usageErr struct{ error }
+
+// sealRequest seals req with the suite's public key (pubData, read from
+// pubPath) for "seal" and "send". anyHPKE accepts whichever HPKE KEM the key
+// has (--suite hpke); otherwise a named HPKE suite must match the key.
+func sealRequest(req, pubData []byte, pubPath string, signer *envelope.SigningPrivateKey, suite envelope.Suite, anyHPKE bool, queue, id string) ([]byte, error) {
+	if suite == envelope.SuiteStudioML {
+		pub, err := envelope.ParseMessagePublicKey(pubData)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w (use an HPKE public key with --suite hpke)", pubPath, err)
+		}
+		return envelope.SealStudioML(req, pub, signer)
+	}
+	pub, err := envelope.ParseHPKEPublicKey(pubData)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", pubPath, err)
+	}
+	if !anyHPKE && pub.Suite() != suite {
+		return nil, usageErr{fmt.Errorf("--suite %s does not match the public key's suite %s", suite, pub.Suite())}
+	}
+	return envelope.SealHPKE(req, pub, signer, envelope.SealHPKEOptions{Queue: queue, ID: id})
 }

@@ -36,14 +36,15 @@ the broker does not confirm or no queue is bound to the routing key.`,
 	reqPath := fs.String("request", "", "request JSON file (default: stdin)")
 	exchange := fs.String("exchange", runner.DefaultExchange, "exchange to publish to")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the broker")
+	sealed := fs.Bool("sealed", false, "the input is an already-sealed wire message (sealrun seal): publish it as is")
 	if code, ok := parse(fs, s, args); !ok {
 		return code
 	}
 	if fs.NArg() != 0 {
 		return usageError(s, fs, "unexpected argument %q", fs.Arg(0))
 	}
-	if *queue == "" || *pubPath == "" || *sigPath == "" {
-		return usageError(s, fs, "--queue, --public-key and --signing-key are required")
+	if *queue == "" || (!*sealed && (*pubPath == "" || *sigPath == "")) {
+		return usageError(s, fs, "--queue, --public-key and --signing-key are required (keys not with --sealed)")
 	}
 	brokerURL, err := amqpURL(*url, *urlFile)
 	if err != nil {
@@ -53,13 +54,15 @@ the broker does not confirm or no queue is bound to the routing key.`,
 	if err != nil {
 		return usageError(s, fs, "%v", err)
 	}
-	pubData, err := os.ReadFile(*pubPath)
-	if err != nil {
-		return failure(s, fs, err)
-	}
-	signer, err := loadSigner(*sigPath, *sigPass)
-	if err != nil {
-		return failure(s, fs, err)
+	var pubData []byte
+	var signer *envelope.SigningPrivateKey
+	if !*sealed {
+		if pubData, err = os.ReadFile(*pubPath); err != nil {
+			return failure(s, fs, err)
+		}
+		if signer, err = loadSigner(*sigPath, *sigPass); err != nil {
+			return failure(s, fs, err)
+		}
 	}
 	var req []byte
 	if *reqPath != "" {
@@ -70,23 +73,9 @@ the broker does not confirm or no queue is bound to the routing key.`,
 	if err != nil {
 		return failure(s, fs, err)
 	}
-	var body []byte
-	if suite == envelope.SuiteStudioML {
-		pub, err := envelope.ParseMessagePublicKey(pubData)
-		if err != nil {
-			return failure(s, fs, fmt.Errorf("%s: %w", *pubPath, err))
-		}
-		body, err = envelope.SealStudioML(req, pub, signer)
-		if err != nil {
-			return failure(s, fs, err)
-		}
-	} else {
-		pub, err := envelope.ParseHPKEPublicKey(pubData)
-		if err != nil {
-			return failure(s, fs, fmt.Errorf("%s: %w", *pubPath, err))
-		}
-		body, err = envelope.SealHPKE(req, pub, signer, envelope.SealHPKEOptions{Queue: *queue})
-		if err != nil {
+	body := req
+	if !*sealed {
+		if body, err = sealRequest(req, pubData, *pubPath, signer, suite, *suiteName == "hpke", *queue, ""); err != nil {
 			return failure(s, fs, err)
 		}
 	}
@@ -95,7 +84,11 @@ the broker does not confirm or no queue is bound to the routing key.`,
 	if err := publishConfirmed(ctx, brokerURL, *exchange, "StudioML."+*queue, body); err != nil {
 		return failure(s, fs, err)
 	}
-	fmt.Fprintf(s.out, "sent %s message to %s\n", suite, *queue)
+	if *sealed {
+		fmt.Fprintf(s.out, "sent sealed message to %s\n", *queue)
+	} else {
+		fmt.Fprintf(s.out, "sent %s message to %s\n", suite, *queue)
+	}
 	return exitOK
 }
 

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/sealrun/sealrun/internal/credpath"
 )
 
 // Config is the storage part of sealrun's configuration.
@@ -23,7 +25,10 @@ type Config struct {
 
 // Secrets selects the backend for secret models.
 type Secrets struct {
-	// Backend is "overlay" or "vault".
+	// Backend is "overlay", "vault" or "none". With "none" the process
+	// holds no secret backend and no key: secret models are refused. It is
+	// for components that only keep state (the runner next to a secrets
+	// proxy), so they never need the master key or a Vault token.
 	Backend string   `yaml:"backend"`
 	Overlay *Overlay `yaml:"overlay"`
 	Vault   *Vault   `yaml:"vault"`
@@ -38,12 +43,21 @@ type Overlay struct {
 	Prefix string `yaml:"prefix"`
 	// MasterKey is the path of a Custodia-format JWK key file.
 	MasterKey string `yaml:"master_key"`
+	// OldKeys are earlier master key files. They still open values sealed
+	// with them, so a key rotation (sealrun rotate master-key) never makes a
+	// value unreadable; nothing new is sealed with them.
+	OldKeys []string `yaml:"old_keys"`
 	// Autogen creates MasterKey (mode 0600) when absent.
 	Autogen bool `yaml:"autogen"`
 	// Enctype must be "A256CBC-HS512" (the default), Custodia's default.
 	Enctype string `yaml:"enctype"`
 	// Protection is "pinning" (default), "migrate" or "encrypt".
 	Protection string `yaml:"protection"`
+	// Transit, if set, seals values with data keys wrapped by a Vault
+	// Transit key (see transit.go); MasterKey and OldKeys then become
+	// optional and, if given, only open values sealed before the switch
+	// (e.g. Custodia's, without a kid): new values always use a DEK.
+	Transit *Transit `yaml:"transit"`
 }
 
 // Vault is a Vault KV v2 backend.
@@ -54,10 +68,39 @@ type Vault struct {
 	Mount string `yaml:"mount"`
 	// Prefix is the path under the mount (default "sealrun").
 	Prefix string `yaml:"prefix"`
-	// TokenFile holds the token; empty means $VAULT_TOKEN.
+	// TokenFile holds the token; empty means $VAULT_TOKEN. Only for auth
+	// method token: a static token is the credential to avoid.
 	TokenFile string `yaml:"token_file"`
+	// Auth logs in with a Vault auth method instead of a static token.
+	Auth *VaultAuth `yaml:"auth"`
 	// PollInterval is how often watches poll (default 1s).
 	PollInterval time.Duration `yaml:"poll_interval"`
+}
+
+// VaultAuth logs in to Vault and keeps the resulting token alive: it is
+// renewed while Vault allows, then sealrun logs in again, re-reading the
+// credential file (Kubernetes rotates projected service-account tokens).
+type VaultAuth struct {
+	// Method is "token" (default: token_file or $VAULT_TOKEN), "kubernetes"
+	// or "approle".
+	Method string `yaml:"method"`
+	// Mount is the auth method's mount path (default: the method's name).
+	Mount string `yaml:"mount"`
+	// Role is the Vault role to log in as (kubernetes).
+	Role string `yaml:"role"`
+	// JWTFile is the service-account token presented to Vault (kubernetes;
+	// default the pod's token). Prefer a projected token with a "vault"
+	// audience, so the token is useless against the Kubernetes API.
+	JWTFile string `yaml:"jwt_file"`
+	// RoleID is the AppRole role id (approle). It identifies, it does not
+	// authenticate: the secret id does.
+	RoleID string `yaml:"role_id"`
+	// SecretIDFile holds the AppRole secret id (approle), e.g.
+	// ${CREDENTIALS_DIRECTORY}/vault-secret-id under systemd.
+	SecretIDFile string `yaml:"secret_id_file"`
+	// SecretIDWrapped says SecretIDFile holds a response-wrapping token
+	// for the secret id (approle); see vaultauth.AppRole.
+	SecretIDWrapped bool `yaml:"secret_id_wrapped"`
 }
 
 // State selects the backend for plain models.
@@ -114,10 +157,41 @@ func Decode(r io.Reader) (*Config, error) {
 		return nil, err
 	}
 	c.setDefaults()
+	if err := c.expandCredentials(); err != nil {
+		return nil, err
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// expandCredentials resolves ${CREDENTIALS_DIRECTORY} in every path that may
+// name a secret file (see package credpath).
+func (c *Config) expandCredentials() error {
+	var fs []credpath.Field
+	if o := c.Secrets.Overlay; o != nil {
+		fs = append(fs, credpath.Field{Name: "secrets.overlay.master_key", Path: &o.MasterKey})
+		for i := range o.OldKeys {
+			fs = append(fs, credpath.Field{Name: fmt.Sprintf("secrets.overlay.old_keys[%d]", i), Path: &o.OldKeys[i]})
+		}
+	}
+	if v := c.Secrets.Vault; v != nil {
+		fs = append(fs, credpath.Field{Name: "secrets.vault.token_file", Path: &v.TokenFile})
+		if a := v.Auth; a != nil {
+			fs = append(fs, credpath.Field{Name: "secrets.vault.auth.jwt_file", Path: &a.JWTFile},
+				credpath.Field{Name: "secrets.vault.auth.secret_id_file", Path: &a.SecretIDFile})
+		}
+	}
+	if e := c.State.Etcd; e != nil {
+		fs = append(fs, credpath.Field{Name: "state.etcd.password_file", Path: &e.PasswordFile})
+		if t := e.TLS; t != nil {
+			fs = append(fs, credpath.Field{Name: "state.etcd.tls.ca_file", Path: &t.CAFile},
+				credpath.Field{Name: "state.etcd.tls.cert_file", Path: &t.CertFile},
+				credpath.Field{Name: "state.etcd.tls.key_file", Path: &t.KeyFile})
+		}
+	}
+	return credpath.ExpandFields(fs...)
 }
 
 func (c *Config) setDefaults() {
@@ -139,6 +213,13 @@ func (c *Config) setDefaults() {
 	if v := c.Secrets.Vault; v != nil {
 		v.Mount = orDefault(v.Mount, "secret")
 		v.Prefix = orDefault(v.Prefix, "sealrun")
+		if a := v.Auth; a != nil {
+			a.Method = orDefault(a.Method, "token")
+			a.Mount = orDefault(a.Mount, a.Method)
+			if a.Method == "kubernetes" {
+				a.JWTFile = orDefault(a.JWTFile, "/var/run/secrets/kubernetes.io/serviceaccount/token")
+			}
+		}
 	}
 }
 
@@ -169,8 +250,8 @@ func (c *Config) Validate() error {
 	switch c.Secrets.Backend {
 	case "overlay":
 		o := c.Secrets.Overlay
-		if o == nil || o.MasterKey == "" {
-			return errors.New("secrets.overlay.master_key is required (a Custodia-format key file; set autogen: true to create it)")
+		if o == nil || (o.MasterKey == "" && o.Transit == nil) {
+			return errors.New("secrets.overlay.master_key is required (a Custodia-format key file; set autogen: true to create it), unless secrets.overlay.transit wraps the data keys")
 		}
 		if o.Enctype != "A256CBC-HS512" {
 			return fmt.Errorf("secrets.overlay.enctype %q: only A256CBC-HS512 is supported", o.Enctype)
@@ -179,6 +260,9 @@ func (c *Config) Validate() error {
 		case "pinning", "migrate", "encrypt":
 		default:
 			return fmt.Errorf("secrets.overlay.protection %q: want pinning, migrate or encrypt", o.Protection)
+		}
+		if err := c.validateTransit(); err != nil {
+			return err
 		}
 		switch o.Store {
 		case "etcd":
@@ -200,10 +284,53 @@ func (c *Config) Validate() error {
 		if c.Secrets.Vault == nil {
 			return errors.New("secrets.vault: section required for backend vault")
 		}
+		if err := c.Secrets.Vault.validateAuth(); err != nil {
+			return err
+		}
+	case "none":
+		if c.Secrets.Overlay != nil || c.Secrets.Vault != nil {
+			return errors.New("secrets.backend none takes no overlay or vault section")
+		}
 	case "":
-		return errors.New("secrets.backend is required (overlay or vault)")
+		return errors.New("secrets.backend is required (overlay, vault or none)")
 	default:
-		return fmt.Errorf("secrets.backend %q: want overlay or vault", c.Secrets.Backend)
+		return fmt.Errorf("secrets.backend %q: want overlay, vault or none", c.Secrets.Backend)
+	}
+	return nil
+}
+
+func (v *Vault) validateAuth() error {
+	a := v.Auth
+	if a == nil {
+		return nil
+	}
+	if a.Method != "token" && v.TokenFile != "" {
+		return fmt.Errorf("secrets.vault: token_file and auth.method %s exclude each other", a.Method)
+	}
+	if strings.Contains(a.Mount, "..") || strings.HasPrefix(a.Mount, "/") {
+		return fmt.Errorf("secrets.vault.auth.mount %q: want a mount path such as %q", a.Mount, a.Method)
+	}
+	switch a.Method {
+	case "token":
+		if a.Role != "" || a.RoleID != "" || a.SecretIDFile != "" || a.JWTFile != "" {
+			return errors.New("secrets.vault.auth: method token takes no role, role_id, secret_id_file or jwt_file")
+		}
+	case "kubernetes":
+		if a.Role == "" {
+			return errors.New("secrets.vault.auth.role is required for method kubernetes")
+		}
+		if a.RoleID != "" || a.SecretIDFile != "" {
+			return errors.New("secrets.vault.auth: role_id and secret_id_file are for method approle")
+		}
+	case "approle":
+		if a.RoleID == "" || a.SecretIDFile == "" {
+			return errors.New("secrets.vault.auth: method approle needs role_id and secret_id_file")
+		}
+		if a.Role != "" || a.JWTFile != "" {
+			return errors.New("secrets.vault.auth: role and jwt_file are for method kubernetes")
+		}
+	default:
+		return fmt.Errorf("secrets.vault.auth.method %q: want token, kubernetes or approle", a.Method)
 	}
 	return nil
 }

@@ -2,13 +2,11 @@ package config
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
-	"github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -59,11 +57,13 @@ func OpenWith(ctx context.Context, c *Config, opts storage.Options) (_ *storage.
 	switch c.Secrets.Backend {
 	case "overlay":
 		o := c.Secrets.Overlay
-		key, err := overlay.LoadKeyFile(o.MasterKey, o.Autogen)
-		if err != nil {
-			return nil, err
+		if o.Transit != nil {
+			if secret, err = openTransitOverlay(ctx, c, client, opts.Metrics); err != nil {
+				return nil, err
+			}
+			break
 		}
-		ring, err := overlay.NewKeyRing(key)
+		ring, err := LoadKeyRing(o)
 		if err != nil {
 			return nil, err
 		}
@@ -75,28 +75,14 @@ func OpenWith(ctx context.Context, c *Config, opts storage.Options) (_ *storage.
 		secret = overlay.New(under, ring, prot)
 	case "vault":
 		v := c.Secrets.Vault
-		cfg := api.DefaultConfig() // reads VAULT_ADDR, VAULT_CACERT, ...
-		if cfg.Error != nil {
-			return nil, fmt.Errorf("vault client config: %w", cfg.Error)
-		}
-		if v.Address != "" {
-			cfg.Address = v.Address
-		}
-		vc, err := api.NewClient(cfg) // reads VAULT_TOKEN
+		vc, session, err := connectVault(ctx, v, opts.Metrics)
 		if err != nil {
-			return nil, fmt.Errorf("vault client: %w", err)
+			return nil, err
 		}
-		if v.TokenFile != "" {
-			tok, err := os.ReadFile(v.TokenFile)
-			if err != nil {
-				return nil, fmt.Errorf("vault token: %w", err)
-			}
-			vc.SetToken(strings.TrimSpace(string(tok)))
-		}
-		if vc.Token() == "" {
-			return nil, errors.New("vault: no token (set secrets.vault.token_file or VAULT_TOKEN)")
-		}
+		closers = append(closers, session)
 		secret = vault.New(vc, vault.Options{Mount: v.Mount, Prefix: v.Prefix, PollInterval: v.PollInterval})
+	case "none":
+		secret = noSecrets{}
 	}
 	opts.Closers = reverse(closers)
 	return storage.New(secret, state, opts)

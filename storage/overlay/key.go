@@ -85,14 +85,34 @@ func LoadKeyFile(path string, autogen bool) (Key, error) {
 	return k, nil
 }
 
+// GenerateKeyFile creates a new key file with a "kid" (so values sealed with
+// it name it, for rotation), mode 0600, never replacing an existing file.
+func GenerateKeyFile(path, kid string) (Key, error) {
+	if kid == "" {
+		return Key{}, errors.New("generate master key: a kid is required (a key without one is the legacy key)")
+	}
+	if err := writeKeyFile(path, kid); err != nil {
+		return Key{}, err
+	}
+	return LoadKeyFile(path, false)
+}
+
 // generateKeyFile writes a new Custodia-format key with O_EXCL, so an
 // existing key is never replaced.
-func generateKeyFile(path string) error {
+func generateKeyFile(path string) error { return writeKeyFile(path, "") }
+
+// writeKeyFile writes a new key, with kid unless it is empty (Custodia's
+// format has none), with O_EXCL.
+func writeKeyFile(path, kid string) error {
 	raw := make([]byte, KeySize)
 	if _, err := rand.Read(raw); err != nil {
 		return err
 	}
-	data, _ := json.Marshal(map[string]string{"k": base64.RawURLEncoding.EncodeToString(raw), "kty": "oct"})
+	jwk := map[string]string{"k": base64.RawURLEncoding.EncodeToString(raw), "kty": "oct"}
+	if kid != "" {
+		jwk["kid"] = kid
+	}
+	data, _ := json.Marshal(jwk)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create master key: %w", err)
@@ -138,6 +158,9 @@ func NewKeyRing(current Key, others ...Key) (*KeyRing, error) {
 	}
 	return r, nil
 }
+
+// CurrentID is the id of the key new values are sealed with.
+func (r *KeyRing) CurrentID() string { return r.current.ID }
 
 // IDs lists the ring's key ids, sorted.
 func (r *KeyRing) IDs() []string {

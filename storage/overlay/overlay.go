@@ -89,6 +89,18 @@ func (d *Driver) Seal(name string, value []byte) (string, error) {
 	return obj.CompactSerialize()
 }
 
+// KeyID returns the "kid" a stored value names without decrypting it ("" for
+// a value written by Custodia, which belongs to the legacy key). The header
+// is not authenticated until the value is opened: use it to find work (key
+// rotation), never to decide trust.
+func KeyID(ciphertext string) (string, error) {
+	obj, err := jose.ParseEncryptedCompact(ciphertext, keyAlgs, encAlgs)
+	if err != nil {
+		return "", fmt.Errorf("not a sealed value (%v): %w", err, driver.ErrIntegrity)
+	}
+	return obj.Header.KeyID, nil
+}
+
 // Open decrypts the ciphertext stored under name and checks its pin. pinned
 // reports whether the value carried a pin (false only in Migrate/Encrypt).
 func (d *Driver) Open(name, ciphertext string) (plain []byte, pinned bool, err error) {

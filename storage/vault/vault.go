@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/sealrun/sealrun/storage/driver"
+	"github.com/sealrun/sealrun/vaultauth"
 )
 
 // Options configure a Driver.
@@ -251,7 +252,15 @@ func (d *Driver) Watch(ctx context.Context, prefix string) (<-chan driver.Event,
 }
 
 // wrap adds the operation and, for an unreachable Vault, where we looked.
+// A 403 says which capability on which path is missing and a 503 whether
+// Vault is sealed (vaultauth.Explain); both still unwrap to the API error.
 func (d *Driver) wrap(op, key string, err error) error {
+	err = vaultauth.Explain(err)
+	var ue *vaultauth.UnavailableError
+	var pe *vaultauth.PermissionError
+	if errors.As(err, &ue) || errors.As(err, &pe) {
+		return fmt.Errorf("vault %s %q: %w", op, key, err)
+	}
 	if d.ErrorCode(err) == driver.Unavailable {
 		return fmt.Errorf("vault %s %q: no answer from %s (is Vault running, reachable and unsealed?): %w", op, key, d.client.Address(), err)
 	}

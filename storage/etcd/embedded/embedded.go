@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -27,7 +30,9 @@ type Config struct {
 
 // Server is a running embedded etcd.
 type Server struct {
-	etcd *embed.Etcd
+	etcd      *embed.Etcd
+	lock      *os.File
+	closeOnce sync.Once
 }
 
 // Start starts etcd with loopback listeners on free ports and waits until it
@@ -42,6 +47,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded etcd: create data dir: %w", err)
 	}
+	// etcd's own lock on its database blocks forever when the directory is
+	// in use, so a second sealrun (a CLI next to a running proxy) would hang.
+	// Take a non-blocking lock first and fail at once with what to do.
+	lock, err := lockDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	ec := embed.NewConfig()
 	ec.Dir = cfg.DataDir
 	// Port 0: the kernel picks free ports, so parallel servers never clash.
@@ -55,21 +67,25 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec.MaxRequestBytes = 4 << 20
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("embedded etcd in %s: %w", cfg.DataDir, err)
 	}
 	timer := time.NewTimer(cfg.StartTimeout)
 	defer timer.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Server{etcd: e}, nil
+		return &Server{etcd: e, lock: lock}, nil
 	case err := <-e.Err():
 		e.Close()
+		lock.Close()
 		return nil, fmt.Errorf("embedded etcd in %s: %w", cfg.DataDir, err)
 	case <-timer.C:
 		e.Close()
+		lock.Close()
 		return nil, fmt.Errorf("embedded etcd in %s: not ready after %v", cfg.DataDir, cfg.StartTimeout)
 	case <-ctx.Done():
 		e.Close()
+		lock.Close()
 		return nil, fmt.Errorf("embedded etcd in %s: %w", cfg.DataDir, ctx.Err())
 	}
 }
@@ -87,8 +103,29 @@ func (s *Server) Client() (*clientv3.Client, error) {
 	})
 }
 
-// Close stops the server and waits for it to exit.
+// Close stops the server; later calls do nothing.
 func (s *Server) Close() error {
-	s.etcd.Close()
+	s.closeOnce.Do(func() {
+		s.etcd.Close()
+		s.lock.Close()
+	})
 	return nil
+}
+
+// lockDir takes an exclusive, non-blocking flock on <dir>/sealrun.lock. The
+// kernel drops it when the process dies, so a crash leaves nothing stale.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "sealrun.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("embedded etcd data_dir %s is in use by another sealrun process; stop it, "+
+				"or reach its data through it (sealrun secrets ... --socket for a running proxy)", dir)
+		}
+		return nil, fmt.Errorf("embedded etcd: lock %s: %w", dir, err)
+	}
+	return f, nil
 }

@@ -1,0 +1,123 @@
+package migrate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/sealrun/sealrun/proxy/client"
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/driver"
+)
+
+// ProxyStore is a running sealrun secrets proxy (or Custodia) as a
+// migration destination, through its Custodia API: raw secrets under their
+// names, typed models as JSON under sealrun/<kind>/<key> (the proxy's typed
+// namespace). The API is create-only and has no revisions, so creates are
+// compare-and-set (a PUT fails if the name exists) but updates are refused:
+// an item that differs in the destination fails with a reason instead of
+// being replaced non-atomically. Checkpoints need the state store, which the
+// API does not expose: a rerun still resumes, by re-planning.
+type ProxyStore struct {
+	Client *client.Client
+	Reg    *secrets.Registry
+}
+
+// errNoUpdate is why an update through the Custodia API is refused.
+var errNoUpdate = errors.New("the Custodia API cannot replace a value with compare-and-set; delete it first or migrate with --to CONFIG")
+
+// Registry implements Store.
+func (p *ProxyStore) Registry() *secrets.Registry { return p.Reg }
+
+func proxyName(kind, key string) string {
+	if kind == secrets.KindRaw {
+		return key
+	}
+	return path.Join("sealrun", kind, key)
+}
+
+// mapErr gives client errors the storage codes Apply decides on.
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, client.ErrNotFound):
+		return fmt.Errorf("%w: %w", driver.ErrNotFound, err)
+	case errors.Is(err, client.ErrConflict):
+		return fmt.Errorf("%w: %w", driver.ErrConflict, err)
+	}
+	return err
+}
+
+// Put implements Store: IfAbsent creates; anything else is refused.
+func (p *ProxyStore) Put(ctx context.Context, m secrets.Model, o driver.PutOptions) (int64, error) {
+	if !o.IfAbsent {
+		return 0, fmt.Errorf("put %s/%s: %w", m.Kind(), m.Key(), errNoUpdate)
+	}
+	var value []byte
+	name := proxyName(m.Kind(), m.Key())
+	if raw, ok := m.(*secrets.Raw); ok {
+		value = raw.Value.Reveal()
+	} else {
+		b, err := json.Marshal(m)
+		if err != nil {
+			return 0, err
+		}
+		value = b
+	}
+	// Custodia needs every container a name lives in; "exists" is fine.
+	parts := strings.Split(name, "/")
+	for i := 1; i < len(parts); i++ {
+		if err := p.Client.CreateContainer(ctx, strings.Join(parts[:i], "/")); err != nil && !errors.Is(err, client.ErrConflict) {
+			return 0, fmt.Errorf("create container %s: %w", strings.Join(parts[:i], "/"), err)
+		}
+	}
+	return 1, mapErr(p.Client.Put(ctx, name, value))
+}
+
+// Get implements Store; revisions are always 1 (the API has none).
+func (p *ProxyStore) Get(ctx context.Context, m secrets.Model) (int64, error) {
+	v, err := p.Client.GetFresh(ctx, proxyName(m.Kind(), m.Key()))
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	if raw, ok := m.(*secrets.Raw); ok {
+		raw.Value = secrets.Secret(v)
+		return 1, nil
+	}
+	if err := json.Unmarshal(v, m); err != nil {
+		return 0, fmt.Errorf("proxy holds an invalid %s model under %s: %w", m.Kind(), m.Key(), driver.ErrIntegrity)
+	}
+	return 1, nil
+}
+
+// Delete implements Store.
+func (p *ProxyStore) Delete(ctx context.Context, kind, key string, _ driver.DeleteOptions) error {
+	return mapErr(p.Client.Delete(ctx, proxyName(kind, key)))
+}
+
+// List implements Store.
+func (p *ProxyStore) List(ctx context.Context, kind, _ string) ([]string, error) {
+	base := ""
+	if kind != secrets.KindRaw {
+		base = path.Join("sealrun", kind)
+	}
+	names, err := p.Client.List(ctx, base)
+	if errors.Is(err, client.ErrNotFound) {
+		return nil, nil // no container yet: nothing of this kind
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, n := range names {
+		if strings.HasSuffix(n, "/") || (kind == secrets.KindRaw && strings.HasPrefix(n, "sealrun/")) {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,172 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/sealrun/sealrun/storage/driver"
+	"github.com/sealrun/sealrun/storage/overlay"
+)
+
+// RotateOptions configure Reencrypt.
+type RotateOptions struct {
+	// BatchSize bounds how many records are listed and re-sealed at a time
+	// (default 100), so a large store is rotated in steps with bounded memory
+	// and bounded load on etcd.
+	BatchSize int
+	// Concurrency bounds writes in flight within a batch (default 4).
+	Concurrency int
+	// Progress, if set, is called after each batch.
+	Progress func(done, total int)
+}
+
+// RotateReport is the outcome of a re-encryption. It names keys and
+// records, never values.
+type RotateReport struct {
+	CurrentKey string `json:"current_key"`
+	Total      int    `json:"total"`
+	// Resealed were sealed with another key and now name CurrentKey.
+	Resealed int `json:"resealed"`
+	// AlreadyCurrent already named CurrentKey (e.g. a resumed rotation).
+	AlreadyCurrent int `json:"already_current"`
+	// Gone were deleted while the rotation ran.
+	Gone int `json:"gone"`
+	// Failed lists records that could not be re-sealed, with why.
+	Failed []string `json:"failed,omitempty"`
+	// Referenced counts the records naming each key id after the rotation
+	// ("" is Custodia's legacy key): a key no record names can be retired.
+	Referenced map[string]int `json:"referenced"`
+}
+
+// Reencrypt re-seals every record under under that is not sealed with
+// ring's current key, with compare-and-set so a concurrent write is never
+// lost (a record written meanwhile is already sealed with the current key,
+// or is re-read and retried). Readers keep working throughout as long as
+// their ring holds both keys: each record is replaced atomically. Records
+// without a pin are pinned on the way (unless prot is Encrypt). Rerunning
+// after an interruption resumes: records already current are skipped.
+func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, prot overlay.Protection, o RotateOptions) (*RotateReport, error) {
+	if o.BatchSize <= 0 {
+		o.BatchSize = 100
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	readProt := prot
+	if prot == overlay.Pinning {
+		// Accept Custodia's unpinned values so they can be pinned now; Seal
+		// pins in both modes.
+		readProt = overlay.Migrate
+	}
+	ov := overlay.New(under, ring, readProt)
+	cur := ring.CurrentID()
+	rep := &RotateReport{CurrentKey: cur, Referenced: map[string]int{}}
+	keys, err := under.List(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("rotate: list records: %w", err)
+	}
+	rep.Total = len(keys)
+	var mu sync.Mutex
+	for start := 0; start < len(keys); start += o.BatchSize {
+		batch := keys[start:min(start+o.BatchSize, len(keys))]
+		err := parallel(ctx, o.Concurrency, len(batch), func(ctx context.Context, i int) error {
+			outcome, err := reseal(ctx, under, ov, cur, batch[i])
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %v", batch[i], err))
+			case outcome == "gone":
+				rep.Gone++
+			case outcome == "current":
+				rep.AlreadyCurrent++
+			default:
+				rep.Resealed++
+			}
+			return nil
+		})
+		if err != nil {
+			return rep, fmt.Errorf("rotate interrupted after %d of %d records (rerun to resume): %w", start, len(keys), err)
+		}
+		if o.Progress != nil {
+			o.Progress(start+len(batch), len(keys))
+		}
+	}
+	sort.Strings(rep.Failed)
+	rep.Referenced, err = KeyUsage(ctx, under)
+	if err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// reseal re-seals one record; the outcome is "resealed", "current" or "gone".
+func reseal(ctx context.Context, under driver.Driver, ov *overlay.Driver, cur, key string) (string, error) {
+	for range 5 {
+		e, err := under.Get(ctx, key)
+		if under.ErrorCode(err) == driver.NotFound {
+			return "gone", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		kid, err := overlay.KeyID(string(e.Value))
+		if err != nil {
+			return "", err
+		}
+		if kid == cur {
+			// Only sealrun writes a kid, and it pins whenever protection asks.
+			return "current", nil
+		}
+		plain, _, err := ov.Open(key, string(e.Value))
+		if err != nil {
+			return "", err
+		}
+		ct, err := ov.Seal(key, plain)
+		clear(plain)
+		if err != nil {
+			return "", err
+		}
+		_, err = under.Put(ctx, key, []byte(ct), driver.PutOptions{IfRevision: e.Revision})
+		if under.ErrorCode(err) == driver.Conflict {
+			continue // written meanwhile: look again
+		}
+		if err != nil {
+			return "", err
+		}
+		return "resealed", nil
+	}
+	return "", errors.New("record kept changing during rotation; rerun to retry")
+}
+
+// KeyUsage counts the records under under by the key id they name (""
+// for Custodia's legacy values): "rotate status", and what tells whether an
+// old key can be retired.
+func KeyUsage(ctx context.Context, under driver.Driver) (map[string]int, error) {
+	keys, err := under.List(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("key usage: list records: %w", err)
+	}
+	use := map[string]int{}
+	for _, k := range keys {
+		e, err := under.Get(ctx, k)
+		if under.ErrorCode(err) == driver.NotFound {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("key usage: %w", err)
+		}
+		kid, err := overlay.KeyID(string(e.Value))
+		if err != nil {
+			kid = "(not a sealed value)"
+		}
+		use[kid]++
+	}
+	return use, nil
+}

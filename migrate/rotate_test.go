@@ -1,0 +1,143 @@
+package migrate
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/driver"
+	etcddrv "github.com/sealrun/sealrun/storage/etcd"
+	"github.com/sealrun/sealrun/storage/overlay"
+)
+
+func TestRotateMasterKey(t *testing.T) {
+	ctx := context.Background()
+	cli := testenv.Etcd(t)
+	oldKey, newKey := newKeyT(t, "old"), newKeyT(t, "new")
+	before := destOn(t, cli, "/sealrun/secrets/", "/sealrun/state/", oldKey)
+	const n = 300
+	for i := range n {
+		if _, err := before.Put(ctx, &secrets.Raw{Name: fmt.Sprintf("r/%04d", i), Value: []byte(fmt.Sprintf("value-%04d", i))}, driver.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A value Custodia wrote: no kid, no pin, sealed with its (legacy) key.
+	raw := make([]byte, overlay.KeySize)
+	rand.Read(raw)
+	legacyRaw, err := overlay.NewKey("", raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := jose.NewEncrypter(jose.A256CBC_HS512, jose.Recipient{Algorithm: jose.DIRECT, Key: raw}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := enc.Encrypt([]byte(`{"name":"legacy","value":"bGVnYWN5LXZhbHVl"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := obj.CompactSerialize()
+	if kid, _ := overlay.KeyID(ct); kid != "" {
+		t.Fatal("fixture has a kid")
+	}
+	if _, err := cli.Put(ctx, "/sealrun/secrets/raw/legacy", ct); err != nil {
+		t.Fatal(err)
+	}
+
+	// Processes that reloaded their config: the new key is current, the old
+	// ones still open. Readers and a writer run during the whole rotation.
+	after := destOn(t, cli, "/sealrun/secrets/", "/sealrun/state/2/", newKey, oldKey, legacyRaw)
+	rctx, stop := context.WithCancel(ctx)
+	var reads, failures atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; rctx.Err() == nil; i = (i + 7) % n {
+				m := &secrets.Raw{Name: fmt.Sprintf("r/%04d", i)}
+				if _, err := after.Get(rctx, m); err != nil && rctx.Err() == nil {
+					failures.Add(1)
+				} else if err == nil && string(m.Value) != fmt.Sprintf("value-%04d", i) && string(m.Value) != "rewritten" {
+					failures.Add(1)
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // a concurrent writer: its writes must survive the rotation
+		defer wg.Done()
+		for i := 0; rctx.Err() == nil && i < n; i += 10 {
+			if _, err := after.Put(rctx, &secrets.Raw{Name: fmt.Sprintf("r/%04d", i), Value: []byte("rewritten")}, driver.PutOptions{}); err != nil && rctx.Err() == nil {
+				failures.Add(1)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+
+	under := etcddrv.New(cli, "/sealrun/secrets/")
+	var batches atomic.Int32
+	rep, err := Reencrypt(ctx, under, after.ring, overlay.Pinning, RotateOptions{BatchSize: 50, Progress: func(int, int) { batches.Add(1) }})
+	time.Sleep(50 * time.Millisecond)
+	stop()
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failures.Load() != 0 || reads.Load() == 0 {
+		t.Fatalf("%d of %d reads/writes failed during rotation", failures.Load(), reads.Load())
+	}
+	if rep.Total != n+1 || len(rep.Failed) != 0 || rep.Referenced["new"] != n+1 || len(rep.Referenced) != 1 || batches.Load() != 7 {
+		t.Fatalf("report %+v, %d batches", rep, batches.Load())
+	}
+	t.Logf("rotated %d records (%d resealed, %d already current) with %d concurrent reads", rep.Total, rep.Resealed, rep.AlreadyCurrent, reads.Load())
+
+	// Raw etcd: every value names the new kid.
+	resp, err := cli.Get(ctx, "/sealrun/secrets/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if kid, err := overlay.KeyID(string(kv.Value)); err != nil || kid != "new" {
+			t.Fatalf("%s names kid %q (%v)", kv.Key, kid, err)
+		}
+	}
+	// The old keys are retired: a ring with only the new key reads everything,
+	// and the legacy value is now pinned (Pinning accepts it).
+	only := destOn(t, cli, "/sealrun/secrets/", "/sealrun/state/3/", newKey)
+	for i := range n {
+		m := &secrets.Raw{Name: fmt.Sprintf("r/%04d", i)}
+		if _, err := only.Get(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := (&secrets.Raw{Name: "legacy"}); true {
+		if _, err := only.Get(ctx, m); err != nil || string(m.Value) != "legacy-value" {
+			t.Fatalf("legacy value: %v", err)
+		}
+	}
+	// Rerun (resume): nothing left to do.
+	rep, err = Reencrypt(ctx, under, after.ring, overlay.Pinning, RotateOptions{})
+	if err != nil || rep.Resealed != 0 || rep.AlreadyCurrent != n+1 {
+		t.Fatalf("rerun: %+v %v", rep, err)
+	}
+}
+
+func mustRing(t testing.TB, k overlay.Key, more ...overlay.Key) *overlay.KeyRing {
+	t.Helper()
+	r, err := overlay.NewKeyRing(k, more...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

@@ -1,0 +1,317 @@
+package migrate
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/proxy"
+	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/proxy/client"
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage"
+	etcddrv "github.com/sealrun/sealrun/storage/etcd"
+	"github.com/sealrun/sealrun/storage/overlay"
+)
+
+func k8sYAML(k keyset) []byte {
+	b64 := func(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+	var sig strings.Builder
+	for p, l := range k.signing {
+		fmt.Fprintf(&sig, "    %s: %s\n", p, b64([]byte(l)))
+	}
+	return []byte(`apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Secret
+  metadata: {name: studioml-runner-key-secret, namespace: studioml}
+  type: kubernetes.io/ssh-auth
+  data:
+    ssh-privatekey: ` + b64(k.privPEM) + `
+    ssh-publickey: ` + b64(k.response["rmq_cpu_andrei_"]) + `
+- apiVersion: v1
+  kind: Secret
+  metadata: {name: studioml-runner-passphrase-secret, namespace: studioml}
+  stringData:
+    ssh-passphrase: "` + strings.TrimSpace(string(k.pass)) + `\n"
+- apiVersion: v1
+  kind: Secret
+  metadata: {name: studioml-signing, namespace: studioml}
+  data:
+    info: ` + b64([]byte("dummy")) + `
+` + sig.String() + `
+`)
+}
+
+func TestK8sSource(t *testing.T) {
+	k := studioKeys(t)
+	d := newDest(t)
+	dir := t.TempDir()
+	yml := filepath.Join(dir, "secrets.yaml")
+	if err := os.WriteFile(yml, k8sYAML(k), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The response key arrives as a single Secret in JSON (kubectl -o json).
+	js, _ := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Secret",
+		"metadata": map[string]any{"name": "studioml-report-keys"},
+		"data":     map[string]string{"rmq_cpu_andrei_": base64.StdEncoding.EncodeToString(k.response["rmq_cpu_andrei_"])}})
+	jsf := filepath.Join(dir, "report.json")
+	if err := os.WriteFile(jsf, js, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep := mustRun(t, &K8sSource{Path: yml}, d, opts("k8s:yaml"))
+	if rep.Counts[ResultCreated] != 4 || rep.Counts[ResultSkipped] != 1 || rep.Failed != 0 {
+		t.Fatalf("yaml: %s %+v", rep.Summary(), rep.Failures())
+	}
+	rep = mustRun(t, &K8sSource{Path: jsf}, d, opts("k8s:json"))
+	if rep.Counts[ResultCreated] != 1 || rep.Failed != 0 {
+		t.Fatalf("json: %s %+v", rep.Summary(), rep.Failures())
+	}
+	checkStudioModels(t, d, k)
+	assertNoSecrets(t, "report", reportJSON(t, rep), k)
+	if rep := mustRun(t, &K8sSource{Path: yml}, d, opts("k8s:yaml")); rep.Counts[ResultUnchanged] != 4 {
+		t.Fatalf("second run: %s", rep.Summary())
+	}
+
+	// Bad base64 is reported by Secret and key, without the value.
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("kind: Secret\nmetadata: {name: s}\ndata:\n  rmq_xyz_abc: '!!notbase64 SECRETVALUE'\n"), 0o600)
+	rep = mustRun(t, &K8sSource{Path: bad}, d, opts("k8s:bad"))
+	r := resultOf(rep, "unknown", "rmq_xyz_abc")
+	if r.Result != ResultInvalid || !strings.Contains(r.Reason, "not valid base64") || strings.Contains(string(reportJSON(t, rep)), "SECRETVALUE") {
+		t.Fatalf("bad base64: %+v", r)
+	}
+}
+
+func TestEtcdSourceWithMapping(t *testing.T) {
+	k := studioKeys(t)
+	cli := testenv.Etcd(t)
+	d := destOn(t, cli, "/sealrun/secrets/", "/sealrun/state/", newKeyT(t, "k1"))
+	ctx := context.Background()
+	put := func(key string, v []byte) {
+		if _, err := cli.Put(ctx, "/legacy/"+key, string(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b64 := func(b []byte) []byte { return []byte(base64.StdEncoding.EncodeToString(b)) }
+	put("message/private", b64(k.privPEM)) // CPD-101: "today we hold keys in base64"
+	put("message/passphrase", b64(k.pass))
+	for p, l := range k.signing {
+		put("signing/"+p, []byte(l)) // auto: raw
+	}
+	put("response/rmq_cpu_andrei_", b64(k.response["rmq_cpu_andrei_"]))
+	put("hosts/worker-1/password", []byte("hunter2-long-enough"))
+	put("tmp/ignore-me", []byte("x"))
+	mf := filepath.Join(t.TempDir(), "mapping.yaml")
+	os.WriteFile(mf, []byte(`rules:
+  - {match: '^message/private$', kind: message-private-key, key: message, encoding: base64}
+  - {match: '^message/passphrase$', kind: message-passphrase, key: message, encoding: base64}
+  - {match: '^signing/(?P<prefix>[^/]+)$', kind: signing-key, key: '${prefix}', encoding: auto}
+  - {match: '^response/([^/]+)$', kind: response-key, encoding: auto}
+  - {match: '^tmp/', skip: true}
+  - {match: '^hosts/.+$', kind: raw}
+`), 0o600)
+	m, err := LoadMapping(mf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ParseSpec("etcd:" + strings.Join(cli.Endpoints(), ",") + "/legacy/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := OpenSource(ctx, sp, SourceOptions{Mapping: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	o := opts(sp.String())
+	o.DeleteSource = true
+	rep := mustRun(t, src, d, o)
+	if rep.Counts[ResultCreated] != 6 || rep.Counts[ResultSkipped] != 1 || rep.Failed != 0 {
+		t.Fatalf("etcd: %s %+v", rep.Summary(), rep.Failures())
+	}
+	checkStudioModels(t, d, k)
+	raw := &secrets.Raw{Name: "hosts/worker-1/password"}
+	if _, err := d.Get(ctx, raw); err != nil || string(raw.Value) != "hunter2-long-enough" {
+		t.Fatalf("raw: %v", err)
+	}
+	// Only the skipped key is left in the source.
+	resp, _ := cli.Get(ctx, "/legacy/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Key) != "/legacy/tmp/ignore-me" {
+		t.Fatalf("source after --delete-source: %d keys", len(resp.Kvs))
+	}
+	assertNoSecrets(t, "report", reportJSON(t, rep), k)
+}
+
+func TestStoreToStore(t *testing.T) {
+	k := studioKeys(t)
+	cli := testenv.Etcd(t)
+	old := destOn(t, cli, "/old/secrets/", "/old/state/", newKeyT(t, "old"))
+	if rep := mustRun(t, &DirSource{Path: studioDir(t, k)}, old, opts("dir:x")); rep.Failed != 0 {
+		t.Fatal(rep.Summary())
+	}
+	d := destOn(t, cli, "/sealrun/secrets/", "/sealrun/state/", newKeyT(t, "new"))
+	o := opts("overlay:old")
+	o.DeleteSource = true
+	rep := mustRun(t, &StoreSource{Store: old.Service}, d, o)
+	if rep.Counts[ResultCreated] != 5 || rep.Failed != 0 {
+		t.Fatalf("store: %s %+v", rep.Summary(), rep.Failures())
+	}
+	checkStudioModels(t, d, k)
+	if n := countKeys(t, cli, "/old/secrets/"); n != 0 {
+		t.Fatalf("%d values left in the old store", n)
+	}
+}
+
+// startProxy runs sealrun's own proxy in-process as the "running Custodia"
+// (the pattern of proxy/helpers_test.go) and returns its socket and an
+// admin credential.
+func startProxy(t testing.TB, store *storage.Service) (sock, id, key string) {
+	t.Helper()
+	dir := t.TempDir()
+	sock = filepath.Join(dir, "secrets.sock")
+	al, err := audit.Open(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := proxy.NewCredentials(store)
+	srv, err := proxy.NewServer(proxy.Options{Store: store, Credentials: creds, Audit: al})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := proxy.ListenUnix(sock, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := srv.HTTPServer()
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close(); al.Close() })
+	key, err = creds.Create(context.Background(), "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sock, "admin", key
+}
+
+func TestCustodiaSource(t *testing.T) {
+	ctx := context.Background()
+	cli := testenv.Etcd(t)
+	ring, _ := overlay.NewKeyRing(newKeyT(t, "custodia"))
+	pstore, err := storage.New(overlay.New(etcddrv.New(cli, "/custodia/secrets/"), ring, overlay.Pinning),
+		etcddrv.New(cli, "/custodia/state/"), storage.Options{Registry: proxy.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pstore.Close()
+	sock, id, key := startProxy(t, pstore)
+	c, err := client.New(client.Config{Socket: sock, ID: id, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	values := map[string]string{"hosts/h1": "ssh-pass-one-" + randHex(), "hosts/h2": "ssh-pass-two-" + randHex(), "db": "dbpw-" + randHex()}
+	if err := c.CreateContainer(ctx, "hosts"); err != nil {
+		t.Fatal(err)
+	}
+	for n, v := range values {
+		if err := c.Put(ctx, n, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	auth := filepath.Join(t.TempDir(), "auth.yaml")
+	os.WriteFile(auth, []byte("id: "+id+"\nkey: "+key+"\n"), 0o600)
+	src, err := OpenSource(ctx, Spec{Scheme: "custodia", Path: sock}, SourceOptions{AuthFile: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	d := destOn(t, cli, "/sealrun/secrets/", "/sealrun/state/", newKeyT(t, "k1"))
+	o := opts("custodia:" + sock)
+	o.DeleteSource = true
+	rep := mustRun(t, src, d, o)
+	if rep.Counts[ResultCreated] != 3 || rep.Failed != 0 {
+		t.Fatalf("custodia: %s %+v", rep.Summary(), rep.Failures())
+	}
+	out := reportJSON(t, rep)
+	for n, v := range values {
+		raw := &secrets.Raw{Name: n}
+		if _, err := d.Get(ctx, raw); err != nil || string(raw.Value) != v {
+			t.Fatalf("%s: %v", n, err)
+		}
+		if bytes.Contains(out, []byte(v)) || strings.Contains(string(out), key) {
+			t.Fatal("report contains a value or the API key")
+		}
+		if _, err := c.GetFresh(ctx, n); err == nil {
+			t.Fatalf("%s not deleted from the source", n)
+		}
+	}
+}
+
+func randHex() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hexs(b)
+}
+
+func TestVaultSource(t *testing.T) {
+	ctx := context.Background()
+	addr, token := testenv.Vault(t)
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = addr
+	vc, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc.SetToken(token)
+	base := "migtest-" + randHex()
+	// KV v2 (the dev server's secret/) and a KV v1 mount.
+	if err := vc.Sys().MountWithContext(ctx, base+"-v1", &vaultapi.MountInput{Type: "kv", Options: map[string]string{"version": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	pw := "vault-pw-" + randHex()
+	if _, err := vc.Logical().WriteWithContext(ctx, "secret/data/"+base+"/app/db", map[string]any{"data": map[string]any{"value": pw}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vc.Logical().WriteWithContext(ctx, "secret/data/"+base+"/app/api", map[string]any{"data": map[string]any{"user": "u1", "token": pw + "-tok"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vc.Logical().WriteWithContext(ctx, base+"-v1/legacy/one", map[string]any{"value": pw + "-v1"}); err != nil {
+		t.Fatal(err)
+	}
+	d := newDest(t)
+	for _, c := range []struct {
+		src  *VaultSource
+		want map[string]string
+	}{
+		{&VaultSource{Client: vc, Mount: "secret", Path: base}, map[string]string{"app/db": pw, "app/api/user": "u1", "app/api/token": pw + "-tok"}},
+		{&VaultSource{Client: vc, Mount: base + "-v1", Path: ""}, map[string]string{"legacy/one": pw + "-v1"}},
+	} {
+		rep := mustRun(t, c.src, d, opts("vault:"+c.src.Mount))
+		if rep.Counts[ResultCreated] != len(c.want) || rep.Failed != 0 {
+			t.Fatalf("vault %s (v%d): %s %+v", c.src.Mount, c.src.version, rep.Summary(), rep.Failures())
+		}
+		for n, v := range c.want {
+			raw := &secrets.Raw{Name: n}
+			if _, err := d.Get(ctx, raw); err != nil || string(raw.Value) != v {
+				t.Fatalf("%s: %v", n, err)
+			}
+		}
+		if bytes.Contains(reportJSON(t, rep), []byte(pw)) {
+			t.Fatal("report contains a value")
+		}
+	}
+	_ = time.Second
+}
