@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -61,38 +60,22 @@ type Limits struct {
 
 // LoadConfig reads and validates a proxy configuration file.
 func LoadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read proxy config: %w", err)
-	}
-	c, err := DecodeConfig(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("proxy config %s: %w", path, err)
-	}
-	return c, nil
+	return storageconfig.LoadFile(path, "proxy", DecodeConfig)
 }
 
 // DecodeConfig strictly decodes one YAML document, applies defaults and
 // validates.
 func DecodeConfig(r io.Reader) (*Config, error) {
-	dec := yaml.NewDecoder(r)
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("empty config")
-		}
+	if err := storageconfig.DecodeStrict(r, &c); err != nil {
 		return nil, err
 	}
 	if c.Storage.Kind == 0 {
 		return nil, errors.New("storage: required (the secrets and state backends the proxy fronts)")
 	}
-	raw, err := yaml.Marshal(&c.Storage)
-	if err != nil {
-		return nil, fmt.Errorf("storage: %w", err)
-	}
-	if c.storage, err = storageconfig.Decode(bytes.NewReader(raw)); err != nil {
-		return nil, fmt.Errorf("storage: %w", err)
+	var err error
+	if c.storage, err = storageconfig.DecodeSection(&c.Storage); err != nil {
+		return nil, err
 	}
 	if c.Listen.Socket == "" {
 		c.Listen.Socket = "/run/sealrun/secrets.sock"

@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -161,39 +160,20 @@ type HTTP struct {
 
 // LoadConfig reads and validates the file at path.
 func LoadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read runner config: %w", err)
-	}
-	c, err := DecodeConfig(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("runner config %s: %w", path, err)
-	}
-	return c, nil
+	return storageconfig.LoadFile(path, "runner", DecodeConfig)
 }
 
 // DecodeConfig strictly decodes one YAML document, applies defaults and
 // validates. It touches no files.
 func DecodeConfig(r io.Reader) (*Config, error) {
-	dec := yaml.NewDecoder(r)
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("empty config")
-		}
+	if err := storageconfig.DecodeStrict(r, &c); err != nil {
 		return nil, err
 	}
 	if c.Storage.Kind != 0 {
-		// Re-encode the node so the storage package decodes its own part
-		// with its own strict rules and defaults.
-		raw, err := yaml.Marshal(&c.Storage)
+		sc, err := storageconfig.DecodeSection(&c.Storage)
 		if err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
-		}
-		sc, err := storageconfig.Decode(bytes.NewReader(raw))
-		if err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
+			return nil, err
 		}
 		c.storage = sc
 	}

@@ -4,15 +4,11 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/sealrun/sealrun/internal/credpath"
 )
@@ -132,28 +128,13 @@ type TLS struct {
 }
 
 // Load reads and validates the file at path.
-func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	c, err := Decode(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
-}
+func Load(path string) (*Config, error) { return LoadFile(path, "storage", Decode) }
 
 // Decode strictly decodes one YAML document (an unknown field is an error
 // naming it), applies defaults and validates.
 func Decode(r io.Reader) (*Config, error) {
-	dec := yaml.NewDecoder(r)
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("empty config")
-		}
+	if err := DecodeStrict(r, &c); err != nil {
 		return nil, err
 	}
 	c.setDefaults()
