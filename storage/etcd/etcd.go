@@ -169,6 +169,10 @@ func (d *Driver) Watch(ctx context.Context, prefix string) (<-chan driver.Event,
 
 // wrap adds the operation and, when etcd cannot be reached, where we looked.
 func (d *Driver) wrap(op, key string, err error) error {
+	if errors.Is(err, rpctypes.ErrNoSpace) {
+		return fmt.Errorf("etcd %s %q: etcd's database is full (NOSPACE alarm, quota-backend-bytes reached): "+
+			"compact and defragment etcd, then disarm the alarm (etcdctl alarm disarm): %w", op, key, err)
+	}
 	if d.ErrorCode(err) == driver.Unavailable {
 		return fmt.Errorf("etcd %s %q: no answer from %v (is etcd running and reachable? check endpoints and TLS): %w",
 			op, key, d.client.Endpoints(), err)
@@ -189,9 +193,19 @@ func grpcCode(err error) driver.Code {
 	if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrAuthFailed) {
 		return driver.PermissionDenied
 	}
+	// The client returns server errors as rpctypes.EtcdError (no
+	// GRPCStatus method: "no leader", "request timed out", "database space
+	// exceeded"), transport errors as gRPC statuses.
+	code, ok := codes.OK, false
 	var se interface{ GRPCStatus() *status.Status }
+	var ee rpctypes.EtcdError
 	if errors.As(err, &se) {
-		switch se.GRPCStatus().Code() {
+		code, ok = se.GRPCStatus().Code(), true
+	} else if errors.As(err, &ee) {
+		code, ok = ee.Code(), true
+	}
+	if ok {
+		switch code {
 		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
 			return driver.Unavailable
 		case codes.Canceled:

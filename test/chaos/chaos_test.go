@@ -1,0 +1,646 @@
+//go:build chaos
+
+// Package chaos runs the whole system as separate processes — a private
+// RabbitMQ node, an etcd child, the secrets proxy and two runners (the
+// sealrun binary) — and kills the services under load: RabbitMQ with
+// SIGKILL three times, etcd once, the proxy once. Run it with
+//
+//	go test -tags chaos -timeout 30m ./test/chaos
+//
+// SEALRUN_CHAOS_N sets the number of good messages (default 10000);
+// SEALRUN_BIN uses an already built sealrun instead of building one.
+package chaos
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/secrets"
+	storageconfig "github.com/sealrun/sealrun/storage/config"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envEtcdDir) != "" {
+		os.Exit(runEtcdChild())
+	}
+	code := m.Run()
+	testenv.StopRabbitMQ()
+	os.Exit(code)
+}
+
+const prefix = "chaos_"
+
+var queues = []string{prefix + "q0", prefix + "q1", prefix + "q2", prefix + "q3"}
+
+func messageCount(t *testing.T) int {
+	n := 10000
+	if s := os.Getenv("SEALRUN_CHAOS_N"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 100 {
+			t.Fatalf("SEALRUN_CHAOS_N=%q: want an integer ≥ 100", s)
+		}
+		n = v
+	}
+	return n
+}
+
+func sealrunBin(t *testing.T, dir string) string {
+	if b := os.Getenv("SEALRUN_BIN"); b != "" {
+		return b
+	}
+	bin := filepath.Join(dir, "sealrun")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/sealrun/sealrun/cmd/sealrun").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build sealrun: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type msg struct {
+	id, queue string
+	job       string // the runner's job id: "hpke-" or "amqp-" and id
+	body      []byte
+	poison    bool
+}
+
+func TestChaos(t *testing.T) {
+	n := messageCount(t)
+	dir, err := os.MkdirTemp("", "sealrun-chaos-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs and data kept in %s", dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
+	bin := sealrunBin(t, dir)
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	// Services: RabbitMQ (in-package helper), the runners' etcd (child).
+	node := testenv.RabbitMQ(t)
+	amqpURL := node.VHost(t)
+	vhost := amqpURL[strings.LastIndex(amqpURL, "/")+1:]
+	etcd := startEtcdChild(t, dir)
+
+	// Keys.
+	msgKey, err := envelope.GenerateMessageKey(2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	respKey, err := envelope.GenerateMessageKey(2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hk, err := envelope.GenerateHPKEKey(envelope.SuiteHPKEHybrid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := envelope.GenerateSigningKey()
+	stranger, _ := envelope.GenerateSigningKey()
+	pass := []byte("chaos-passphrase")
+	msgPEM, err := msgKey.MarshalEncryptedPEM(pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hkPEM, err := hk.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The secrets proxy: overlay on its own embedded etcd.
+	sock := filepath.Join(dir, "secrets.sock")
+	proxyCfg := write("proxy.yaml", []byte(fmt.Sprintf(`listen: {socket: %s}
+audit_log: %s
+storage:
+  state: {backend: etcd, etcd: {data_dir: %s}}
+  secrets: {backend: overlay, overlay: {store: etcd, master_key: %s, autogen: true}}
+`, sock, filepath.Join(dir, "audit.log"), filepath.Join(dir, "proxy-etcd"), filepath.Join(dir, "master.key"))))
+	adminKey := runCmd(t, nil, bin, "secrets", "apikey", "create", "--config", proxyCfg, "--id", "admin",
+		"--path", "/secrets/sealrun/", "--verbs", "get,list,put,create,delete")
+	runnerKey := runCmd(t, nil, bin, "secrets", "apikey", "create", "--config", proxyCfg, "--id", "runner",
+		"--path", "/secrets/sealrun/", "--verbs", "get,list,watch")
+	adminKeyFile := write("admin.key", []byte(adminKey))
+	runnerKeyFile := write("runner.key", []byte(runnerKey))
+	startProxy := func() *proc {
+		_ = os.Remove(sock)
+		p := startProc(t, "proxy", filepath.Join(dir, "proxy.log"), nil, bin, "secrets", "serve", "--config", proxyCfg)
+		waitFor(t, 60*time.Second, "proxy socket", func() bool {
+			if p.exited() {
+				t.Fatalf("proxy exited: %v", p.err)
+			}
+			_, err := os.Stat(sock)
+			return err == nil
+		})
+		return p
+	}
+	proxy := startProxy()
+	b64 := base64.StdEncoding.EncodeToString
+	put := func(kind, name string, v any) {
+		js, _ := json.Marshal(v)
+		runCmd(t, js, bin, "secrets", "put", "--socket", sock, "--api-id", "admin", "--api-key-file", adminKeyFile,
+			"--kind", kind, name)
+	}
+	put(secrets.KindMessagePrivateKey, "message", map[string]string{"key_id": "message", "pem": b64(msgPEM)})
+	put(secrets.KindMessagePassphrase, "message", map[string]string{"key_id": "message", "passphrase": b64(pass)})
+	put(secrets.KindMessagePrivateKey, "hpke", map[string]string{"key_id": "hpke", "pem": b64(hkPEM)})
+	put(secrets.KindSigningKey, prefix, map[string]string{"queue_prefix": prefix, "public_key": signer.Public().AuthorizedKey()})
+	put(secrets.KindResponseKey, prefix, map[string]string{"response_prefix": prefix,
+		"public_key_pem": string(respKey.Public().MarshalPKCS1PEM())})
+
+	// Response queues exist before the runners look for them.
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range queues {
+		if _, err := ch.QueueDeclare(envelope.ResponseQueue(q), true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn.Close()
+
+	// Two runner processes sharing the etcd child.
+	stateYAML := fmt.Sprintf(`state: {backend: etcd, etcd: {endpoints: [%q], dial_timeout: 2s, timeout: 5s}}
+secrets: {backend: none}
+`, etcd.endpoint())
+	runs := filepath.Join(dir, "runs.log")
+	var runners []*proc
+	var runnerHTTP []string
+	for i := range 2 {
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		runnerHTTP = append(runnerHTTP, addr)
+		cfg := write(fmt.Sprintf("runner-%d.yaml", i), []byte(fmt.Sprintf(`runner_id: chaos-runner-%d
+amqp: {url: %q, reconnect_min: 200ms, reconnect_max: 2s}
+queues: [%s]
+dead_letter: {}
+concurrency: 4
+shutdown_grace: 10s
+heartbeat: 1s
+keys:
+  source: proxy
+  proxy: {socket: %s, api_id: runner, api_key_file: %s}
+executor:
+  command: ["/bin/sh", "-c", "cat >/dev/null; echo {{.ID}} >>%s; echo ok"]
+http: {listen: %q}
+storage:
+  %s`, i, amqpURL, strings.Join(queues, ", "), sock, runnerKeyFile, runs, addr, strings.ReplaceAll(strings.TrimSpace(stateYAML), "\n", "\n  "))))
+		runners = append(runners, startProc(t, fmt.Sprintf("runner-%d", i), filepath.Join(dir, fmt.Sprintf("runner-%d.log", i)),
+			nil, bin, "runner", "--config", cfg))
+	}
+	for i, addr := range runnerHTTP {
+		waitFor(t, 60*time.Second, "runner ready", func() bool {
+			if runners[i].exited() {
+				t.Fatalf("runner %d exited: %v (log %s)", i, runners[i].err, filepath.Join(dir, fmt.Sprintf("runner-%d.log", i)))
+			}
+			r, err := http.Get("http://" + addr + "/readyz")
+			if err != nil {
+				return false
+			}
+			r.Body.Close()
+			return r.StatusCode == 200
+		})
+	}
+
+	// Messages: half StudioML, half HPKE, round-robin over the queues, one
+	// poison message in 500 (a stranger's signature or garbage).
+	var msgs []msg
+	poisonEvery := 500
+	for i := 0; i < n; i++ {
+		q := queues[i%len(queues)]
+		id := fmt.Sprintf("m-%06d", i)
+		req := []byte(fmt.Sprintf(`{"experiment": {"key": %q}, "config": {}}`, id))
+		var body []byte
+		job := "amqp-" + id
+		if i%2 == 0 {
+			body, err = envelope.SealStudioML(req, msgKey.Public(), signer)
+		} else {
+			body, err = envelope.SealHPKE(req, hk.Public(), signer, envelope.SealHPKEOptions{Queue: q, ID: id})
+			job = "hpke-" + id
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, msg{id: id, job: job, queue: q, body: body})
+		if i%poisonEvery == poisonEvery/2 {
+			pid := fmt.Sprintf("p-%06d", i)
+			pb, err := envelope.SealStudioML(req, msgKey.Public(), stranger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (i/poisonEvery)%2 == 1 {
+				pb = []byte("not a sealed message " + pid)
+			}
+			msgs = append(msgs, msg{id: pid, job: "amqp-" + pid, queue: q, body: pb, poison: true})
+		}
+	}
+	poison := 0
+	for _, m := range msgs {
+		if m.poison {
+			poison++
+		}
+	}
+	t0 := time.Now()
+	jobOf := map[string]string{}
+	for _, m := range msgs {
+		jobOf[m.id] = m.job
+	}
+	publishAll(t, amqpURL, msgs)
+	t.Logf("published %d messages (%d poison) in %v", len(msgs), poison, time.Since(t0))
+
+	// Responses are collected from the start (the drainer survives broker
+	// restarts); faults are driven by how many have arrived.
+	good := len(msgs) - poison
+	respCh := make(chan envelope.Report, 256)
+	stopDrain := drainResponses(t, amqpURL, respKey, respCh)
+	var mu sync.Mutex
+	got := map[string]int{}
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		for rep := range respCh {
+			mu.Lock()
+			got[rep.ExperimentID]++
+			mu.Unlock()
+			if j := jobOf[rep.ExperimentID]; rep.UniqueID != j {
+				t.Errorf("response for %s carries unique id %q, want %q", rep.ExperimentID, rep.UniqueID, j)
+			}
+		}
+	}()
+	answered := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got)
+	}
+	faults := []struct {
+		at   float64 // fraction of the good messages answered
+		name string
+		do   func()
+	}{
+		{0.10, "RabbitMQ SIGKILL #1", func() { node.Kill9AndRestart(t) }},
+		{0.25, "etcd SIGKILL + restart", etcd.restart},
+		{0.40, "RabbitMQ SIGKILL #2", func() { node.Kill9AndRestart(t) }},
+		{0.55, "proxy restart (SIGTERM)", func() { proxy.kill(syscall.SIGTERM); proxy = startProxy() }},
+		{0.70, "RabbitMQ SIGKILL #3", func() { node.Kill9AndRestart(t) }},
+	}
+	deadline := time.Now().Add(25 * time.Minute)
+	for _, f := range faults {
+		waitFor(t, time.Until(deadline), "progress before "+f.name, func() bool {
+			return float64(answered()) >= f.at*float64(good)
+		})
+		ft := time.Now()
+		f.do()
+		t.Logf("%6.1fs  %5d answered  %s (took %v)", time.Since(t0).Seconds(), answered(), f.name, time.Since(ft).Round(time.Millisecond))
+	}
+	for i := range runners {
+		if runners[i].exited() {
+			t.Fatalf("runner %d died during the run: %v", i, runners[i].err)
+		}
+	}
+	waitFor(t, time.Until(deadline), "every response", func() bool { return answered() >= good })
+	elapsed := time.Since(t0)
+	// Settle: late duplicates would show up now.
+	time.Sleep(3 * time.Second)
+	stopDrain()
+	close(respCh)
+	<-collected
+	t.Logf("all %d responses after %v (%.0f msg/s including faults)", good, elapsed, float64(good)/elapsed.Seconds())
+
+	// Nothing left in the work queues, ready or unacked.
+	waitFor(t, 30*time.Second, "empty work queues", func() bool {
+		out := node.Ctl(t, "list_queues", "-p", vhost, "--no-table-headers", "--quiet", "name", "messages_ready", "messages_unacknowledged")
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 3 && !strings.HasSuffix(f[0], ".dead") && !strings.HasSuffix(f[0], "_response") && (f[1] != "0" || f[2] != "0") {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Stop the runners (SIGTERM: clean shutdown), then check the records.
+	for _, r := range runners {
+		r.kill(syscall.SIGTERM)
+	}
+	// A response whose publisher confirm was lost to a broker SIGKILL cannot
+	// be told from one never written: the redelivery answers again (same
+	// UniqueID, so clients can drop it). At most the jobs in flight at a kill.
+	dups := 0
+	for _, m := range msgs {
+		if m.poison {
+			continue
+		}
+		switch c := got[m.id]; {
+		case c == 0:
+			t.Errorf("message %s: no response", m.id)
+		case c > 1:
+			dups += c - 1
+			t.Logf("message %s: %d responses (confirm lost in a broker kill)", m.id, c)
+		}
+	}
+	if maxDups := 3 * len(runners) * 4; dups > maxDups {
+		t.Errorf("%d duplicate responses, more than the %d jobs that can be in flight at three broker kills", dups, maxDups)
+	}
+	t.Logf("duplicate responses: %d", dups)
+	for id := range got {
+		if strings.HasPrefix(id, "p-") {
+			t.Errorf("poison message %s answered", id)
+		}
+	}
+	checkJobRecords(t, stateYAML, msgs)
+	checkDead(t, amqpURL, msgs, 3)
+	checkRuns(t, runs, msgs)
+	for i := range runners {
+		log, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("runner-%d.log", i)))
+		if strings.Contains(string(log), string(pass)) {
+			t.Errorf("runner %d log contains the passphrase", i)
+		}
+	}
+	if out, err := exec.Command(bin, "audit", "verify", filepath.Join(dir, "audit.log")).CombinedOutput(); err != nil {
+		t.Errorf("audit verify across a proxy restart: %v %s", err, out)
+	}
+}
+
+// publishAll publishes every message persistent with publisher confirms.
+func publishAll(t *testing.T, url string, msgs []msg) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const window = 500
+	var pending []*amqp.DeferredConfirmation
+	flush := func() {
+		for _, dc := range pending {
+			if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+				t.Fatalf("publish not confirmed: %v", err)
+			}
+		}
+		pending = pending[:0]
+	}
+	for _, m := range msgs {
+		pub := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/json", Body: m.body}
+		pub.MessageId = m.id // names StudioML jobs; HPKE ones carry the same id in their header
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", m.queue, true, false, pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = append(pending, dc)
+		if len(pending) == window {
+			flush()
+		}
+	}
+	flush()
+}
+
+// drainResponses consumes the response queues (surviving broker restarts),
+// opens each report and sends its experiment id on out.
+func drainResponses(t *testing.T, url string, key *envelope.MessagePrivateKey, out chan<- envelope.Report) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	// A response this drainer acked just before a broker kill comes back
+	// redelivered: the same body (each sealed response is unique) is one
+	// response, not two.
+	seen := map[[32]byte]bool{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			conn, err := amqp.Dial(url)
+			if err != nil {
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			var dels []<-chan amqp.Delivery
+			ch, err := conn.Channel()
+			if err == nil {
+				err = ch.Qos(200, 0, false)
+			}
+			for _, q := range queues {
+				if err != nil {
+					break
+				}
+				var d <-chan amqp.Delivery
+				d, err = ch.Consume(envelope.ResponseQueue(q), "", false, false, false, false, nil)
+				dels = append(dels, d)
+			}
+			if err != nil {
+				conn.Close()
+				continue
+			}
+			merged := make(chan amqp.Delivery)
+			var fw sync.WaitGroup
+			for _, d := range dels {
+				fw.Add(1)
+				go func() {
+					defer fw.Done()
+					for x := range d {
+						merged <- x
+					}
+				}()
+			}
+			go func() { fw.Wait(); close(merged) }()
+		loop:
+			for {
+				select {
+				case <-ctx.Done():
+					conn.Close()
+					for range merged {
+					}
+					return
+				case d, ok := <-merged:
+					if !ok {
+						break loop
+					}
+					sum := sha256.Sum256(d.Body)
+					if seen[sum] {
+						_ = d.Ack(false)
+						continue
+					}
+					seen[sum] = true
+					plain, err := envelope.OpenPayload([]*envelope.MessagePrivateKey{key}, string(d.Body))
+					if err != nil {
+						t.Errorf("open response: %v", err)
+					} else {
+						var rep envelope.Report
+						if err := json.Unmarshal(plain, &rep); err != nil || rep.Progress == nil || rep.Progress.State != "success" {
+							t.Errorf("report %s: %v", plain, err)
+						} else {
+							out <- rep
+						}
+					}
+					_ = d.Ack(false)
+				}
+			}
+			conn.Close()
+		}
+	}()
+	return func() { cancel(); wg.Wait() }
+}
+
+// checkJobRecords: every good message has exactly one finished JobRecord,
+// and no poison message has one.
+func checkJobRecords(t *testing.T, stateYAML string, msgs []msg) {
+	cfg, err := storageconfig.Decode(strings.NewReader(stateYAML))
+	if err != nil {
+		t.Fatalf("decode state config: %v", err)
+	}
+	st, err := storageconfig.Open(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	keys, err := st.List(t.Context(), secrets.KindJobRecord, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := map[string]*secrets.JobRecord{}
+	for _, k := range keys {
+		rec := &secrets.JobRecord{MessageID: k}
+		if _, err := st.Get(t.Context(), rec); err != nil {
+			t.Fatal(err)
+		}
+		recs[k] = rec
+	}
+	good := 0
+	for _, m := range msgs {
+		rec := recs[m.job]
+		if m.poison {
+			if rec != nil {
+				t.Errorf("poison message %s has a JobRecord", m.id)
+			}
+			continue
+		}
+		good++
+		if rec == nil || rec.State != "finished" || rec.Queue != m.queue || rec.ExitStatus == nil || *rec.ExitStatus != 0 {
+			t.Errorf("message %s: JobRecord %+v, want finished on %s with exit 0", m.id, rec, m.queue)
+		}
+	}
+	if len(recs) != good {
+		t.Errorf("%d JobRecords, want %d (one per good message)", len(recs), good)
+	}
+}
+
+// checkDead: the DLX holds only the poison messages, each dead-lettered
+// with one death per copy. RabbitMQ persists acks and rejects lazily: after
+// a SIGKILL, a message rejected seconds earlier can come back (good
+// messages come back too, and their finished JobRecord acks them without a
+// second run). A returning poison message is rejected again, so it can have
+// one more dead copy per broker kill it lived through — never more.
+func checkDead(t *testing.T, url string, msgs []msg, kills int) {
+	want := map[string]bool{}
+	for _, m := range msgs {
+		if m.poison {
+			want[m.id] = true
+		}
+	}
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	copies := map[string]int{}
+	for _, q := range queues {
+		for {
+			d, ok, err := ch.Get(q+".dead", true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			if !want[d.MessageId] {
+				t.Errorf("unexpected dead letter %q on %s", d.MessageId, q)
+			}
+			copies[d.MessageId]++
+			deaths, _ := d.Headers["x-death"].([]any)
+			if len(deaths) != 1 || deaths[0].(amqp.Table)["count"] != int64(1) {
+				t.Errorf("dead letter %s: x-death %v, want one death", d.MessageId, d.Headers["x-death"])
+			}
+		}
+	}
+	extra := 0
+	for id := range want {
+		if copies[id] == 0 {
+			t.Errorf("poison message %s not dead-lettered", id)
+		}
+		if copies[id] > 1 {
+			extra += copies[id] - 1
+			t.Logf("poison message %s dead-lettered %d times (reject lost in a broker kill)", id, copies[id])
+		}
+		if copies[id] > 1+kills {
+			t.Errorf("poison message %s dead-lettered %d times: more than once plus once per broker kill (%d)", id, copies[id], kills)
+		}
+	}
+	t.Logf("dead letters: %d poison messages, %d extra copies", len(want), extra)
+}
+
+// checkRuns reports how often the executor ran per message. A run is
+// repeated only when a broker kill hands a message that one runner is
+// still executing to the other runner (at-least-once execution); the
+// response and JobRecord stay exactly-once, checked above.
+func checkRuns(t *testing.T, path string, msgs []msg) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := map[string]int{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		runs[l]++
+	}
+	again := 0
+	for _, m := range msgs {
+		if m.poison {
+			if runs[m.job] != 0 {
+				t.Errorf("poison message %s ran", m.id)
+			}
+			continue
+		}
+		if runs[m.job] == 0 {
+			t.Errorf("message %s never ran", m.id)
+		}
+		again += runs[m.job] - 1
+	}
+	t.Logf("executor runs: %d (%d repeated after a broker kill)", len(strings.Split(strings.TrimSpace(string(b)), "\n")), again)
+}
