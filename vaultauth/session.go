@@ -155,14 +155,25 @@ func (s *Session) keepAlive(ctx context.Context, secret *api.Secret) {
 	}
 	go w.Start()
 	defer w.Stop() // Start returns soon after Stop; DoneCh is buffered
+	// Once a renewal comes back shorter than the token's TTL, the max TTL
+	// caps it and no renewal can help. The watcher would only give up with
+	// 10-20% of that last lease left, which a slow login can overrun (then
+	// requests fail with an expired token), so log in again at half of it.
+	var capped <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-capped:
+			s.log.Info("vault: token is near its max TTL; logging in again")
 			return
 		case r := <-w.RenewCh():
 			s.metrics.renewals.WithLabelValues(s.method.Name(), "ok").Inc()
 			if r.Secret != nil && r.Secret.Auth != nil {
 				s.setTTL(r.Secret.Auth.LeaseDuration)
+				if lease := r.Secret.Auth.LeaseDuration; lease < a.LeaseDuration && capped == nil {
+					capped = time.After(time.Duration(lease) * time.Second / 2)
+				}
 			}
 		case err := <-w.DoneCh():
 			if err != nil {
