@@ -39,15 +39,20 @@ func key4096(b *testing.B) *envelope.MessagePrivateKey {
 // benchRunner runs bodies through a runner with a no-op executor and
 // reports messages per second from first publish to last finished job.
 func benchRunner(b *testing.B, q string, msgKey *envelope.MessagePrivateKey, memoryState bool, seal func() []byte) {
+	// Enough messages in flight to keep every core and etcd's batching busy.
+	benchRunnerWith(b, q, msgKey, memoryState, 64, 256, seal)
+}
+
+// benchRunnerWith is benchRunner with the consumer's concurrency and prefetch.
+func benchRunnerWith(b *testing.B, q string, msgKey *envelope.MessagePrivateKey, memoryState bool, concurrency, prefetch int, seal func() []byte) {
 	fixtures(b)
 	bodies := make([][]byte, b.N)
 	for i := range bodies {
 		bodies[i] = seal()
 	}
 	h := newHarness(b, harnessOpt{queues: []string{q}, msgKey: msgKey, memoryState: memoryState, configure: func(c *Config) {
-		// Enough messages in flight to keep every core and etcd's batching busy.
-		c.Concurrency = 64
-		c.AMQP.Prefetch = 256
+		c.Concurrency = concurrency
+		c.AMQP.Prefetch = prefetch
 		c.DeadLetter = nil
 	}})
 	b.ResetTimer()

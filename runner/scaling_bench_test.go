@@ -3,7 +3,6 @@ package runner
 import (
 	"fmt"
 	"testing"
-	"time"
 )
 
 // BenchmarkScaling is BenchmarkEndToEndHPKE (etcd JobRecords, no-op
@@ -16,39 +15,8 @@ func BenchmarkScaling(b *testing.B) {
 		for _, p := range []int{1, 10, 100} {
 			b.Run(fmt.Sprintf("c=%d/p=%d", c, p), func(b *testing.B) {
 				q := fmt.Sprintf("%sbench_scale_c%d_p%d", fixPrefix, c, p)
-				benchScaling(b, q, c, p)
+				benchRunnerWith(b, q, nil, false, c, p, func() []byte { return sealHPKE(b, q) })
 			})
 		}
 	}
-}
-
-func benchScaling(b *testing.B, q string, concurrency, prefetch int) {
-	fixtures(b)
-	bodies := make([][]byte, b.N)
-	for i := range bodies {
-		bodies[i] = sealHPKE(b, q)
-	}
-	h := newHarness(b, harnessOpt{queues: []string{q}, configure: func(c *Config) {
-		c.Concurrency = concurrency
-		c.AMQP.Prefetch = prefetch
-		c.DeadLetter = nil
-	}})
-	b.ResetTimer()
-	start := time.Now()
-	published := make(chan struct{})
-	go func() { defer close(published); h.publish(q, bodies...) }()
-	defer func() { <-published }()
-	deadline := time.Now().Add(10 * time.Minute)
-	for h.count(outcomeDone) < b.N {
-		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d done", h.count(outcomeDone), b.N)
-		}
-		if n := h.count(outcomeRejected) + h.count(outcomeRequeued); n > 0 {
-			b.Fatalf("%d messages rejected or requeued", n)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	el := time.Since(start)
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
 }
