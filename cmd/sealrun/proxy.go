@@ -1,39 +1,55 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"text/tabwriter"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/sealrun/sealrun/internal/configcheck"
 	"github.com/sealrun/sealrun/proxy"
+	"github.com/sealrun/sealrun/runner"
 	"github.com/sealrun/sealrun/storage"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
 
-// loadStorageConfig reads either a storage config (secrets: and state:) or a
-// component config holding one under storage: (the proxy's), so operators
-// point every secrets command at the file the proxy runs with.
+// loadStorageConfig reads the storage part of any sealrun config file: a
+// storage config itself, or the storage: section of a proxy or runner config,
+// so operators point every secrets command at the file a component runs with.
 func loadStorageConfig(path string) (*storageconfig.Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	var top map[string]yaml.Node
-	if yaml.Unmarshal(data, &top) == nil {
-		if _, ok := top["storage"]; ok {
-			c, err := proxy.DecodeConfig(strings.NewReader(string(data)))
-			if err != nil {
-				return nil, fmt.Errorf("config %s: %w", path, err)
-			}
-			return c.StorageConfig(), nil
-		}
+	kind, err := configcheck.DetectKind(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	return storageconfig.Load(path)
+	var sc *storageconfig.Config
+	switch kind {
+	case "proxy":
+		var c *proxy.Config
+		if c, err = proxy.DecodeConfig(bytes.NewReader(data)); err == nil {
+			sc = c.StorageConfig()
+		}
+	case "runner":
+		var c *runner.Config
+		if c, err = runner.DecodeConfig(bytes.NewReader(data)); err == nil {
+			if sc = c.StorageConfig(); sc == nil {
+				err = errors.New("the runner config has no storage: section")
+			}
+		}
+	default:
+		sc, err = storageconfig.Decode(bytes.NewReader(data))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s config %s: %w", kind, path, err)
+	}
+	return sc, nil
 }
 
 // openStore opens the storage service with every model the proxy knows.
