@@ -16,9 +16,9 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/sealrun/sealrun/internal/proxytest"
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/proxy"
-	"github.com/sealrun/sealrun/proxy/audit"
 	"github.com/sealrun/sealrun/proxy/client"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
@@ -177,33 +177,10 @@ func TestStoreToStore(t *testing.T) {
 }
 
 // startProxy runs sealrun's own proxy in-process as the "running Custodia"
-// (the pattern of proxy/helpers_test.go) and returns its socket and an
-// admin credential.
+// and returns its socket and an admin credential.
 func startProxy(t testing.TB, store *storage.Service) (sock, id, key string) {
-	t.Helper()
-	dir := t.TempDir()
-	sock = filepath.Join(dir, "secrets.sock")
-	al, err := audit.Open(filepath.Join(dir, "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := proxy.NewCredentials(store)
-	srv, err := proxy.NewServer(proxy.Options{Store: store, Credentials: creds, Audit: al})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.ListenUnix(sock, 0, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := srv.HTTPServer()
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close(); al.Close() })
-	key, err = creds.Create(context.Background(), "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sock, "admin", key
+	s := proxytest.Start(t, store, "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}})
+	return s.Socket, s.ID, s.Key
 }
 
 func TestCustodiaSource(t *testing.T) {

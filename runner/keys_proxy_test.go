@@ -3,14 +3,13 @@ package runner
 import (
 	"context"
 	"crypto/rand"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/internal/proxytest"
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/proxy"
-	"github.com/sealrun/sealrun/proxy/audit"
 	"github.com/sealrun/sealrun/proxy/client"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
@@ -42,34 +41,13 @@ func startKeyProxy(t testing.TB) *keyProxy {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	dir := t.TempDir()
-	al, err := audit.Open(filepath.Join(dir, "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := proxy.NewCredentials(store)
-	srv, err := proxy.NewServer(proxy.Options{Store: store, Credentials: creds, Audit: al})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &keyProxy{store: store, sock: filepath.Join(dir, "secrets.sock")}
-	ln, err := proxy.ListenUnix(p.sock, 0, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := srv.HTTPServer()
-	go hs.Serve(ln)
-	p.srv = hs
-	t.Cleanup(func() { hs.Close(); al.Close() })
-	ctx := context.Background()
-	key, err := creds.Create(ctx, "runner-1", proxy.Grant{Paths: []string{"/secrets/sealrun/"}, Verbs: []string{"get", "list", "watch"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.client, err = client.New(client.Config{Socket: p.sock, ID: "runner-1", Key: key, Retries: 2, Timeout: 2 * time.Second}); err != nil {
+	srv := proxytest.Start(t, store, "runner-1", proxy.Grant{Paths: []string{"/secrets/sealrun/"}, Verbs: []string{"get", "list", "watch"}})
+	p := &keyProxy{store: store, sock: srv.Socket, srv: srv}
+	if p.client, err = client.New(client.Config{Socket: p.sock, ID: srv.ID, Key: srv.Key, Retries: 2, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.client.Close)
+	ctx := context.Background()
 	pem, _ := fixRSA.MarshalEncryptedPEM(fixPass)
 	hp, _ := fixHPKE.MarshalPEM()
 	for _, m := range []secrets.Model{
