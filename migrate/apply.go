@@ -2,11 +2,14 @@ package migrate
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
 )
@@ -50,8 +53,13 @@ type Options struct {
 	DeleteSource bool
 	// DryRun stops after the plan.
 	DryRun bool
-	// Concurrency bounds reads and writes in flight (default 8).
+	// Concurrency bounds reads and writes in flight (default 8): items, or
+	// batches of items when the destination is a BatchStore.
 	Concurrency int
+	// BatchSize is how many writes go into one atomic batch when the
+	// destination is a BatchStore (default and maximum driver.MaxBatch; 1
+	// writes item by item).
+	BatchSize int
 	// Checkpoint enables resuming from (and saving to) a checkpoint in the
 	// destination's state store, every CheckpointEvery items (default:
 	// 5% of the items, at least 100).
@@ -95,6 +103,9 @@ func Apply(ctx context.Context, plan *Plan, src Source, dst Store, opts Options)
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 8
 	}
+	if opts.BatchSize <= 0 || opts.BatchSize > driver.MaxBatch {
+		opts.BatchSize = driver.MaxBatch
+	}
 	if opts.CheckpointEvery <= 0 {
 		// A save rewrites the whole checkpoint, so save about 20 times per
 		// run (at least every 100 items): a crash repeats at most 5%.
@@ -130,24 +141,48 @@ func Apply(ctx context.Context, plan *Plan, src Source, dst Store, opts Options)
 	}
 	a := &applier{dst: dst, opts: opts, cp: cp}
 	a.del, _ = src.(Deleter)
+	if bs, ok := dst.(BatchStore); ok && opts.BatchSize != 1 {
+		a.batch = bs
+	}
+	units := a.units(plan.Steps)
 	var progMu sync.Mutex
 	done := 0
-	err := parallel(ctx, opts.Concurrency, len(plan.Steps), func(ctx context.Context, i int) error {
-		res := a.step(ctx, plan.Steps[i])
-		if cp != nil {
-			res.PreviousRun = cp.previous(plan.Steps[i].Item.ID())
-			if !res.Failed && (res.Result == ResultCreated || res.Result == ResultUpdated || res.Result == ResultUnchanged) {
-				if err := cp.done(ctx, plan.Steps[i].Item.ID(), res.Result); err != nil {
-					rep.Items[i] = res
-					return err
+	err := parallel(ctx, opts.Concurrency, len(units), func(ctx context.Context, u int) error {
+		idx := units[u]
+		var res []ItemResult
+		if len(idx) == 1 {
+			res = []ItemResult{a.step(ctx, plan.Steps[idx[0]])}
+		} else {
+			res = a.stepBatch(ctx, plan.Steps, idx)
+		}
+		var ids, results []string
+		for j, i := range idx {
+			r := &res[j]
+			if cp != nil {
+				id := plan.Steps[i].Item.ID()
+				r.PreviousRun = cp.previous(id)
+				if !r.Failed && (r.Result == ResultCreated || r.Result == ResultUpdated || r.Result == ResultUnchanged) {
+					ids, results = append(ids, id), append(results, r.Result)
 				}
 			}
 		}
-		rep.Items[i] = res
+		var cerr error
+		if len(ids) > 0 {
+			// One record per unit: a batch is checkpointed as a whole.
+			cerr = cp.done(ctx, ids, results)
+		}
+		for j, i := range idx {
+			rep.Items[i] = res[j]
+		}
+		if cerr != nil {
+			return cerr
+		}
 		if opts.Progress != nil {
 			progMu.Lock()
-			done++
-			opts.Progress(done, len(plan.Steps))
+			for range idx {
+				done++
+				opts.Progress(done, len(plan.Steps))
+			}
 			progMu.Unlock()
 		}
 		return ctx.Err()
@@ -185,10 +220,166 @@ func dryResult(a Action) string {
 }
 
 type applier struct {
-	dst  Store
-	del  Deleter
-	opts Options
-	cp   *checkpointer
+	dst   Store
+	batch BatchStore // nil: write item by item
+	del   Deleter
+	opts  Options
+	cp    *checkpointer
+	// unbatched is set once the destination says it cannot batch (Vault):
+	// later batches go item by item without asking again.
+	unbatched atomic.Bool
+}
+
+// maxBatchBytes bounds the encoded values of one batch, so that with
+// encryption's expansion a batch stays well under etcd's default 1.5 MiB
+// request limit. A single larger item is written alone.
+const maxBatchBytes = 512 << 10
+
+// units groups the plan's steps into the units Apply runs in parallel:
+// writes (creates and updates) into batches of up to BatchSize that route to
+// the same backend, everything else one step at a time.
+func (a *applier) units(steps []Step) [][]int {
+	var units [][]int
+	type pending struct {
+		idx   []int
+		bytes int
+	}
+	open := map[bool]*pending{} // by "routes to the secret backend"
+	for i, s := range steps {
+		if a.batch == nil || (s.Action != Create && s.Action != Update) {
+			units = append(units, []int{i})
+			continue
+		}
+		secret, err := a.dst.Registry().IsSecretKind(s.Item.Kind)
+		if err != nil {
+			units = append(units, []int{i})
+			continue
+		}
+		p := open[secret]
+		if p != nil && p.bytes+s.size > maxBatchBytes {
+			units, open[secret], p = append(units, p.idx), nil, nil
+		}
+		if p == nil {
+			p = &pending{}
+			open[secret] = p
+		}
+		p.idx, p.bytes = append(p.idx, i), p.bytes+s.size
+		if len(p.idx) == a.opts.BatchSize {
+			units, open[secret] = append(units, p.idx), nil
+		}
+	}
+	for _, secret := range []bool{true, false} {
+		if p := open[secret]; p != nil {
+			units = append(units, p.idx)
+		}
+	}
+	return units
+}
+
+// stepBatch writes the steps idx (creates and updates of one backend) in
+// one atomic batch, verifies them with one batched read and returns their
+// results in order. When the batch fails for any reason (a condition, a size
+// limit, a backend without batches) it falls back to step for each item, so
+// per-item conflict handling and reporting stay exact.
+func (a *applier) stepBatch(ctx context.Context, steps []Step, idx []int) []ItemResult {
+	res := make([]ItemResult, len(idx))
+	items := make([]storage.BatchItem, len(idx))
+	for j, i := range idx {
+		s := steps[i]
+		items[j] = storage.BatchItem{Model: s.Item.Model, Opts: driver.PutOptions{IfAbsent: s.Action == Create, IfRevision: s.rev}}
+	}
+	var err error
+	if a.unbatched.Load() {
+		err = storage.ErrBatchUnsupported
+	} else {
+		_, err = a.batch.PutBatch(ctx, items)
+	}
+	if err != nil {
+		if errors.Is(err, storage.ErrBatchUnsupported) {
+			a.unbatched.Store(true)
+		}
+		if ctx.Err() != nil {
+			// Stopping: retrying item by item would only fail again. Whether
+			// the batch committed is unknown; a rerun re-plans and finds out.
+			for j, i := range idx {
+				s := steps[i]
+				res[j] = ItemResult{Kind: s.Item.Kind, Key: s.Item.Key, Origin: s.Item.Origin, Planned: s.Action,
+					Result: ResultFailed, Failed: true, Reason: fmt.Sprintf("write: %v", err)}
+			}
+			return res
+		}
+		for j, i := range idx {
+			res[j] = a.step(ctx, steps[i])
+		}
+		return res
+	}
+	for j, i := range idx {
+		s := steps[i]
+		res[j] = ItemResult{Kind: s.Item.Kind, Key: s.Item.Key, Origin: s.Item.Origin, Planned: s.Action, Result: ResultCreated}
+		if s.Action == Update {
+			res[j].Result = ResultUpdated
+		}
+	}
+	if a.opts.Verify {
+		verr := a.verifyBatch(ctx, steps, idx)
+		for j, i := range idx {
+			if verr[j] != nil {
+				res[j].Result, res[j].Failed, res[j].Reason = ResultFailed, true, verr[j].Error()
+				continue
+			}
+			res[j].Verified = true
+			a.deleteSource(ctx, steps[i], &res[j])
+		}
+	}
+	return res
+}
+
+// verifyBatch reads the steps idx back in one call and compares digests;
+// it returns one error (or nil) per step. If the batched read fails it
+// verifies item by item, so one unreadable value fails only its own item.
+func (a *applier) verifyBatch(ctx context.Context, steps []Step, idx []int) []error {
+	errs := make([]error, len(idx))
+	back := make([]secrets.Model, len(idx))
+	for j, i := range idx {
+		m, err := a.dst.Registry().New(steps[i].Item.Kind, steps[i].Item.Key)
+		if err != nil {
+			return a.verifyEach(ctx, steps, idx)
+		}
+		back[j] = m
+	}
+	revs, err := a.batch.GetBatch(ctx, back)
+	if err != nil {
+		return a.verifyEach(ctx, steps, idx)
+	}
+	for j, i := range idx {
+		if revs[j] == 0 {
+			errs[j] = errors.New("verify: read back: the value just written is missing")
+			continue
+		}
+		errs[j] = compareDigest(back[j], steps[i].sum)
+	}
+	return errs
+}
+
+func (a *applier) verifyEach(ctx context.Context, steps []Step, idx []int) []error {
+	errs := make([]error, len(idx))
+	for j, i := range idx {
+		errs[j] = a.verify(ctx, steps[i])
+	}
+	return errs
+}
+
+// deleteSource deletes the source item of a verified step when asked.
+func (a *applier) deleteSource(ctx context.Context, s Step, r *ItemResult) {
+	if !a.opts.DeleteSource || !r.Verified || a.del == nil {
+		return
+	}
+	if err := a.del.DeleteItem(ctx, s.Item); err != nil {
+		r.Failed = true
+		r.Reason = fmt.Sprintf("migrated and verified, but the source item was not deleted: %v", err)
+		return
+	}
+	r.SourceDeleted = true
 }
 
 // step applies one planned step and returns its result.
@@ -236,14 +427,7 @@ func (a *applier) step(ctx context.Context, s Step) ItemResult {
 			r.Verified = true
 		}
 	}
-	if a.opts.DeleteSource && r.Verified && a.del != nil {
-		if err := a.del.DeleteItem(ctx, s.Item); err != nil {
-			r.Failed = true
-			r.Reason = fmt.Sprintf("migrated and verified, but the source item was not deleted: %v", err)
-			return r
-		}
-		r.SourceDeleted = true
-	}
+	a.deleteSource(ctx, s, &r)
 	return r
 }
 
@@ -282,11 +466,17 @@ func (a *applier) verify(ctx context.Context, s Step) error {
 	if _, err := a.dst.Get(ctx, back); err != nil {
 		return fmt.Errorf("verify: read back: %w", err)
 	}
+	return compareDigest(back, s.sum)
+}
+
+// compareDigest checks that back, as read from the destination, encodes to
+// the source's digest.
+func compareDigest(back secrets.Model, sum [sha256.Size]byte) error {
 	got, err := digest(back)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
-	if !sameDigest(got, s.sum) {
+	if !sameDigest(got, sum) {
 		return errors.New("verify: the value read back differs from the source (SHA-256 mismatch)")
 	}
 	return nil

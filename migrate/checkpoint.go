@@ -105,20 +105,24 @@ func (c *checkpointer) previous(id string) string {
 	return c.cp.Done[id]
 }
 
-// done records id and saves every c.every records.
-func (c *checkpointer) done(ctx context.Context, id, result string) error {
+// done records ids with their results and saves once c.every records are
+// unsaved. A batch is recorded in one call, so a save never splits it.
+func (c *checkpointer) done(ctx context.Context, ids, results []string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.cp.Done[id]; ok {
-		if result != string(Unchanged) {
+	for i, id := range ids {
+		result := results[i]
+		if _, ok := c.cp.Done[id]; ok {
+			if result != string(Unchanged) {
+				c.cp.Done[id] = result
+			}
+		} else if len(c.cp.Done) < maxCheckpointItems {
 			c.cp.Done[id] = result
+		} else {
+			c.cp.Truncated = true
 		}
-	} else if len(c.cp.Done) < maxCheckpointItems {
-		c.cp.Done[id] = result
-	} else {
-		c.cp.Truncated = true
 	}
-	c.dirty++
+	c.dirty += len(ids)
 	if c.dirty < c.every {
 		return nil
 	}

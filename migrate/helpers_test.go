@@ -22,7 +22,12 @@ import (
 	"github.com/sealrun/sealrun/storage/overlay"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		os.Exit(crashChild()) // a crash test's child process (crash_test.go)
+	}
+	testenv.Main(m)
+}
 
 // keyset is one StudioML deployment's key material.
 type keyset struct {

@@ -10,6 +10,7 @@ import (
 	"context"
 
 	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
 )
 
@@ -62,3 +63,15 @@ type Store interface {
 	Delete(ctx context.Context, kind, key string, opts driver.DeleteOptions) error
 	List(ctx context.Context, kind, prefix string) ([]string, error)
 }
+
+// BatchStore is a Store that writes several models atomically, and reads
+// several back, in one round trip each (a *storage.Service over etcd). Apply
+// batches its writes into such a store; a batch it refuses (a conflict, a
+// backend without batches) is retried item by item.
+type BatchStore interface {
+	Store
+	PutBatch(ctx context.Context, items []storage.BatchItem) ([]int64, error)
+	GetBatch(ctx context.Context, ms []secrets.Model) ([]int64, error)
+}
+
+var _ BatchStore = (*storage.Service)(nil)

@@ -13,13 +13,15 @@ import (
 
 // RotateOptions configure Reencrypt.
 type RotateOptions struct {
-	// BatchSize bounds how many records are listed and re-sealed at a time
-	// (default 100), so a large store is rotated in steps with bounded memory
-	// and bounded load on etcd.
+	// BatchSize bounds how many records are re-sealed in one step (default
+	// 100), so a large store is rotated in steps with bounded load on etcd.
+	// When the driver can batch (etcd), a step is one atomic read and one
+	// atomic compare-and-set write, and is capped at driver.MaxBatch.
 	BatchSize int
-	// Concurrency bounds writes in flight within a batch (default 4).
+	// Concurrency bounds writes in flight (default 4): batches when the
+	// driver can batch, else records within a step.
 	Concurrency int
-	// Progress, if set, is called after each batch.
+	// Progress, if set, is called after each batch (serialized).
 	Progress func(done, total int)
 }
 
@@ -70,25 +72,53 @@ func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, 
 	}
 	rep.Total = len(keys)
 	var mu sync.Mutex
-	for start := 0; start < len(keys); start += o.BatchSize {
+	count := func(outcome string, key string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil:
+			rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %v", key, err))
+		case outcome == "gone":
+			rep.Gone++
+		case outcome == "current":
+			rep.AlreadyCurrent++
+		default:
+			rep.Resealed++
+		}
+	}
+	bg, canGet := under.(driver.BatchGetter)
+	b, canPut := under.(driver.Batcher)
+	if canGet && canPut {
+		// Steps of up to MaxBatch records run Concurrency at a time.
+		size := min(o.BatchSize, driver.MaxBatch)
+		steps := (len(keys) + size - 1) / size
+		done := 0
+		err := parallel(ctx, o.Concurrency, steps, func(ctx context.Context, j int) error {
+			batch := keys[j*size : min((j+1)*size, len(keys))]
+			if err := resealBatch(ctx, under, bg, b, ov, cur, batch, count); err != nil {
+				return err
+			}
+			// Progress is called serialized, with done increasing.
+			mu.Lock()
+			defer mu.Unlock()
+			done += len(batch)
+			if o.Progress != nil {
+				o.Progress(done, len(keys))
+			}
+			return nil
+		})
+		if err != nil {
+			return rep, fmt.Errorf("rotate interrupted after %d of %d records (rerun to resume): %w", done, len(keys), err)
+		}
+	}
+	for start := 0; !(canGet && canPut) && start < len(keys); start += o.BatchSize {
 		batch := keys[start:min(start+o.BatchSize, len(keys))]
 		err := parallel(ctx, o.Concurrency, len(batch), func(ctx context.Context, i int) error {
 			outcome, err := reseal(ctx, under, ov, cur, batch[i])
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil:
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %v", batch[i], err))
-			case outcome == "gone":
-				rep.Gone++
-			case outcome == "current":
-				rep.AlreadyCurrent++
-			default:
-				rep.Resealed++
+			if err != nil && ctx.Err() != nil {
+				return ctx.Err()
 			}
+			count(outcome, batch[i], err)
 			return nil
 		})
 		if err != nil {
@@ -104,6 +134,82 @@ func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, 
 		return rep, err
 	}
 	return rep, nil
+}
+
+// resealBatch re-seals keys with one batched read and one atomic
+// compare-and-set write of those not yet current. If the write fails (a
+// record changed meanwhile, or any other error) each of them is retried on
+// its own with reseal, so one busy record costs only its own retries. It
+// returns an error only when ctx ends; record failures go to count.
+func resealBatch(ctx context.Context, under driver.Driver, bg driver.BatchGetter, b driver.Batcher, ov *overlay.Driver,
+	cur string, keys []string, count func(outcome, key string, err error)) error {
+	one := func(key string) error {
+		outcome, err := reseal(ctx, under, ov, cur, key)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		count(outcome, key, err)
+		return nil
+	}
+	entries, err := bg.GetBatch(ctx, keys)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		for _, k := range keys {
+			if err := one(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var puts []driver.BatchPut
+	for _, e := range entries {
+		if e.Revision == 0 {
+			count("gone", e.Key, nil)
+			continue
+		}
+		kid, err := overlay.KeyID(string(e.Value))
+		if err != nil {
+			count("", e.Key, err)
+			continue
+		}
+		if kid == cur {
+			count("current", e.Key, nil)
+			continue
+		}
+		plain, _, err := ov.Open(e.Key, string(e.Value))
+		if err != nil {
+			count("", e.Key, err)
+			continue
+		}
+		ct, err := ov.Seal(e.Key, plain)
+		clear(plain)
+		if err != nil {
+			count("", e.Key, err)
+			continue
+		}
+		puts = append(puts, driver.BatchPut{Key: e.Key, Value: []byte(ct), Opts: driver.PutOptions{IfRevision: e.Revision}})
+	}
+	if len(puts) == 0 {
+		return nil
+	}
+	if _, err := b.PutBatch(ctx, puts); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Nothing was written: redo these records one by one.
+		for _, p := range puts {
+			if err := one(p.Key); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, p := range puts {
+		count("resealed", p.Key, nil)
+	}
+	return nil
 }
 
 // reseal re-seals one record; the outcome is "resealed", "current" or "gone".
@@ -154,6 +260,35 @@ func KeyUsage(ctx context.Context, under driver.Driver) (map[string]int, error) 
 		return nil, fmt.Errorf("key usage: list records: %w", err)
 	}
 	use := map[string]int{}
+	var mu sync.Mutex
+	tally := func(value []byte) {
+		kid, err := overlay.KeyID(string(value))
+		if err != nil {
+			kid = "(not a sealed value)"
+		}
+		mu.Lock()
+		use[kid]++
+		mu.Unlock()
+	}
+	if bg, ok := under.(driver.BatchGetter); ok {
+		n := (len(keys) + driver.MaxBatch - 1) / driver.MaxBatch
+		err := parallel(ctx, 4, n, func(ctx context.Context, j int) error {
+			entries, err := bg.GetBatch(ctx, keys[j*driver.MaxBatch:min((j+1)*driver.MaxBatch, len(keys))])
+			if err != nil {
+				return fmt.Errorf("key usage: %w", err)
+			}
+			for _, e := range entries {
+				if e.Revision != 0 {
+					tally(e.Value)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		return use, nil
+	}
 	for _, k := range keys {
 		e, err := under.Get(ctx, k)
 		if under.ErrorCode(err) == driver.NotFound {
@@ -162,11 +297,7 @@ func KeyUsage(ctx context.Context, under driver.Driver) (map[string]int, error) 
 		if err != nil {
 			return nil, fmt.Errorf("key usage: %w", err)
 		}
-		kid, err := overlay.KeyID(string(e.Value))
-		if err != nil {
-			kid = "(not a sealed value)"
-		}
-		use[kid]++
+		tally(e.Value)
 	}
 	return use, nil
 }

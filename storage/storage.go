@@ -176,6 +176,150 @@ func (s *Service) Put(ctx context.Context, m secrets.Model, opts driver.PutOptio
 	return rev, err
 }
 
+// ErrBatchUnsupported is wrapped by PutBatch and GetBatch when the backend
+// cannot batch atomically (Vault). Check it with errors.Is and fall back to
+// Put and Get: a sequence of puts is not atomic, so the Service does not
+// pretend it is.
+var ErrBatchUnsupported = driver.ErrBatchUnsupported
+
+// BatchItem is one conditional write of a PutBatch.
+type BatchItem struct {
+	Model secrets.Model
+	Opts  driver.PutOptions
+}
+
+// batchRoute checks that every model is valid and that all route to one
+// backend, and returns that driver and the full driver keys.
+func (s *Service) batchRoute(op string, ms []secrets.Model) (driver.Driver, string, []string, error) {
+	var d driver.Driver
+	var backend string
+	keys := make([]string, len(ms))
+	for i, m := range ms {
+		if err := s.check(m); err != nil {
+			return nil, "", nil, err
+		}
+		md, b, err := s.route(m.Kind())
+		if err != nil {
+			return nil, "", nil, &Error{Op: op, Kind: m.Kind(), Key: m.Key(), Code: driver.InvalidKey, Err: err}
+		}
+		if d == nil {
+			d, backend = md, b
+		} else if b != backend {
+			return nil, "", nil, &Error{Op: op, Kind: m.Kind(), Key: m.Key(), Code: driver.InvalidKey,
+				Err: fmt.Errorf("a batch must stay in one backend: this item goes to the %s store, the first to the %s store", b, backend)}
+		}
+		if err := driver.ValidateKey(m.Key()); err != nil {
+			s.ops.WithLabelValues(op, b, driver.InvalidKey.String()).Inc()
+			return nil, "", nil, &Error{Op: op, Kind: m.Kind(), Key: m.Key(), Code: driver.InvalidKey, Err: err}
+		}
+		keys[i] = path.Join(m.Kind(), m.Key())
+	}
+	return d, backend, keys, nil
+}
+
+// batchDo runs one batch driver call with the default timeout, metrics and
+// error wrapping; the error names the batch by its first item.
+func (s *Service) batchDo(ctx context.Context, op string, d driver.Driver, backend string, first secrets.Model, fn func(context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	start := time.Now()
+	err := fn(ctx)
+	code := d.ErrorCode(err)
+	s.latency.WithLabelValues(op, backend).Observe(time.Since(start).Seconds())
+	s.ops.WithLabelValues(op, backend, code.String()).Inc()
+	if err != nil {
+		return &Error{Op: op, Kind: first.Kind(), Key: first.Key(), Code: code, Err: err}
+	}
+	return nil
+}
+
+// PutBatch stores every item or none, in one round trip, and returns the
+// new revisions in order. All items must route to the same backend. If any
+// condition fails, nothing is written and the code is Conflict (which item
+// failed is not known: retry item by item to find out). A backend that
+// cannot batch returns an error wrapping ErrBatchUnsupported. At most
+// driver.MaxBatch items.
+func (s *Service) PutBatch(ctx context.Context, items []BatchItem) ([]int64, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	ms := make([]secrets.Model, len(items))
+	for i, it := range items {
+		ms[i] = it.Model
+	}
+	d, backend, keys, err := s.batchRoute("put_batch", ms)
+	if err != nil {
+		return nil, err
+	}
+	puts := make([]driver.BatchPut, len(items))
+	for i, it := range items {
+		data, err := json.Marshal(it.Model)
+		if err != nil {
+			return nil, &Error{Op: "put_batch", Kind: it.Model.Kind(), Key: it.Model.Key(), Code: driver.InvalidValue, Err: fmt.Errorf("encode: %w", err)}
+		}
+		puts[i] = driver.BatchPut{Key: keys[i], Value: data, Opts: it.Opts}
+	}
+	b, ok := d.(driver.Batcher)
+	if !ok {
+		return nil, &Error{Op: "put_batch", Kind: ms[0].Kind(), Key: ms[0].Key(), Code: driver.Unknown,
+			Err: fmt.Errorf("%s store: %w", backend, ErrBatchUnsupported)}
+	}
+	var revs []int64
+	err = s.batchDo(ctx, "put_batch", d, backend, ms[0], func(ctx context.Context) (err error) {
+		revs, err = b.PutBatch(ctx, puts)
+		return err
+	})
+	return revs, err
+}
+
+// GetBatch fills each model (pointers with their keys set) from one
+// consistent read and returns their revisions in order. A missing model is
+// not an error: its revision is 0 and it is left as it was. All models must
+// route to the same backend; at most driver.MaxBatch of them. A backend that
+// cannot batch returns an error wrapping ErrBatchUnsupported.
+func (s *Service) GetBatch(ctx context.Context, ms []secrets.Model) ([]int64, error) {
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	d, backend, keys, err := s.batchRoute("get_batch", ms)
+	if err != nil {
+		return nil, err
+	}
+	bg, ok := d.(driver.BatchGetter)
+	if !ok {
+		return nil, &Error{Op: "get_batch", Kind: ms[0].Kind(), Key: ms[0].Key(), Code: driver.Unknown,
+			Err: fmt.Errorf("%s store: %w", backend, ErrBatchUnsupported)}
+	}
+	revs := make([]int64, len(ms))
+	err = s.batchDo(ctx, "get_batch", d, backend, ms[0], func(ctx context.Context) error {
+		entries, err := bg.GetBatch(ctx, keys)
+		if err != nil {
+			return err
+		}
+		for i, e := range entries {
+			if e.Revision == 0 {
+				continue
+			}
+			key := ms[i].Key()
+			if err := json.Unmarshal(e.Value, ms[i]); err != nil {
+				return fmt.Errorf("decode stored value of %s/%s: %w: %w", ms[i].Kind(), key, err, driver.ErrIntegrity)
+			}
+			if ms[i].Key() != key {
+				return fmt.Errorf("stored value of %s/%s claims key %q: %w", ms[i].Kind(), key, ms[i].Key(), driver.ErrIntegrity)
+			}
+			revs[i] = e.Revision
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return revs, nil
+}
+
 // Get fills m (a pointer with its key set, e.g. from Registry().New) from
 // storage and returns its revision.
 func (s *Service) Get(ctx context.Context, m secrets.Model) (int64, error) {

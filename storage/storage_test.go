@@ -213,3 +213,92 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("event = %+v", e)
 	}
 }
+
+// noBatch hides a driver's Batcher and BatchGetter, like Vault's driver.
+type noBatch struct{ driver.Driver }
+
+// TestPutBatch: a batch of secrets is encrypted, written atomically with its
+// conditions and read back in one call; mixed backends, failed conditions
+// and backends that cannot batch write nothing.
+func TestPutBatch(t *testing.T) {
+	client := testenv.Etcd(t)
+	reg := prometheus.NewRegistry()
+	svc, err := storage.New(overlay.New(etcd.New(client, "/batch/secrets/"), ring(t), overlay.Pinning),
+		etcd.New(client, "/batch/state/"), storage.Options{Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	ctx := t.Context()
+	raw := func(name string) *secrets.Raw {
+		return &secrets.Raw{Name: name, Value: secrets.Secret("PLAINTEXT-" + name)}
+	}
+	old, err := svc.Put(ctx, raw("b/2"), driver.PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	items := []storage.BatchItem{
+		{Model: raw("b/1"), Opts: driver.PutOptions{IfAbsent: true}},
+		{Model: raw("b/2"), Opts: driver.PutOptions{IfRevision: old}},
+	}
+	revs, err := svc.PutBatch(ctx, items)
+	if err != nil || len(revs) != 2 || revs[0] <= old {
+		t.Fatalf("PutBatch = %v, %v", revs, err)
+	}
+	all, err := client.Get(ctx, "/batch/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range all.Kvs {
+		if bytes.Contains(kv.Value, []byte("PLAINTEXT")) {
+			t.Fatalf("%s holds plaintext: the batch bypassed the overlay", kv.Key)
+		}
+	}
+	back := []secrets.Model{&secrets.Raw{Name: "b/2"}, &secrets.Raw{Name: "b/none"}, &secrets.Raw{Name: "b/1"}}
+	got, err := svc.GetBatch(ctx, back)
+	if err != nil {
+		t.Fatalf("GetBatch: %v", err)
+	}
+	if got[0] != revs[1] || got[1] != 0 || got[2] != revs[0] {
+		t.Fatalf("GetBatch revisions = %v, want [%d 0 %d]", got, revs[1], revs[0])
+	}
+	if v := back[0].(*secrets.Raw).Value.Reveal(); string(v) != "PLAINTEXT-b/2" || back[1].(*secrets.Raw).Value != nil {
+		t.Fatal("GetBatch filled the wrong values")
+	}
+
+	// A stale condition on one item: Conflict, and b/3 is not created.
+	_, err = svc.PutBatch(ctx, []storage.BatchItem{{Model: raw("b/3")}, {Model: raw("b/2"), Opts: driver.PutOptions{IfRevision: old}}})
+	if storage.Code(err) != driver.Conflict {
+		t.Fatalf("stale batch: code %v (%v), want Conflict", storage.Code(err), err)
+	}
+	// Mixed backends are refused before anything is written.
+	_, err = svc.PutBatch(ctx, []storage.BatchItem{{Model: raw("b/3")}, {Model: &secrets.JobRecord{MessageID: "m1", Queue: "q", State: "done"}}})
+	if storage.Code(err) != driver.InvalidKey || !strings.Contains(err.Error(), "one backend") {
+		t.Fatalf("mixed batch: code %v (%v), want InvalidKey", storage.Code(err), err)
+	}
+	if _, err := svc.Get(ctx, &secrets.Raw{Name: "b/3"}); storage.Code(err) != driver.NotFound {
+		t.Fatalf("b/3 after refused batches: %v, want NotFound", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "PLAINTEXT") {
+		t.Fatal("error leaks a value")
+	}
+
+	// A backend without batches says so; the caller falls back.
+	plain, err := storage.New(overlay.New(noBatch{memory.New()}, ring(t), overlay.Pinning), noBatch{memory.New()}, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := plain.PutBatch(ctx, items); !errors.Is(err, storage.ErrBatchUnsupported) {
+		t.Fatalf("PutBatch without a Batcher: %v, want ErrBatchUnsupported", err)
+	}
+	if _, err := plain.GetBatch(ctx, back); !errors.Is(err, storage.ErrBatchUnsupported) {
+		t.Fatalf("GetBatch without a BatchGetter: %v, want ErrBatchUnsupported", err)
+	}
+	if _, err := plain.PutBatch(ctx, []storage.BatchItem{{Model: &secrets.JobRecord{MessageID: "m1", Queue: "q", State: "done"}}}); !errors.Is(err, storage.ErrBatchUnsupported) {
+		t.Fatalf("state PutBatch without a Batcher: %v, want ErrBatchUnsupported", err)
+	}
+	if n := opsTotal(t, reg); n < 4 {
+		t.Fatalf("operations counter = %v, want the batches counted", n)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
+	"github.com/sealrun/sealrun/storage/driver"
 )
 
 // migrateRegistry is every model a migration reads or writes: the proxy's
@@ -87,7 +88,8 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
 	mappingPath := fs.String("mapping", "", "YAML mapping of names to kinds (etcd and vault sources)")
 	sourceAuth := fs.String("source-auth", "", "YAML file with id: and key: for a custodia source")
 	keyID := fs.String("key-id", migrate.DefaultKeyID, "key id for the StudioML message key pair (dir and k8s sources)")
-	concurrency := fs.Int("concurrency", 8, "reads and writes in flight")
+	concurrency := fs.Int("concurrency", 8, "reads, and writes or write batches, in flight")
+	batchSize := fs.Int("batch-size", driver.MaxBatch, fmt.Sprintf("writes per atomic batch into an etcd store, at most %d (1: item by item; a batch that conflicts is retried item by item)", driver.MaxBatch))
 	if code, ok := parse(fs, s, args); !ok {
 		return code
 	}
@@ -139,7 +141,7 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
 	bar := newProgress(s.out)
 	rep, runErr := migrate.Run(ctx, src, dst, migrate.Options{
 		From: spec.String(), To: *to, OnConflict: policy, Verify: *verify, DeleteSource: *deleteSource,
-		DryRun: *dryRun, Concurrency: *concurrency, Checkpoint: checkpoint, Progress: bar.update,
+		DryRun: *dryRun, Concurrency: *concurrency, BatchSize: *batchSize, Checkpoint: checkpoint, Progress: bar.update,
 	})
 	bar.finish()
 	if rep != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sealrun/sealrun/migrate"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
+	"github.com/sealrun/sealrun/storage/driver"
 	"github.com/sealrun/sealrun/storage/overlay"
 )
 
@@ -67,8 +68,8 @@ old_keys once every process has reloaded.`, rotateExamples)
 	cfgPath := fs.String("config", "", "storage or proxy configuration (overlay on etcd); it is rewritten")
 	newKeyPath := fs.String("new-key", "", "new master key file (created if absent)")
 	prepare := fs.Bool("prepare", false, "only add the new key to old_keys, so running processes can open its values after a reload")
-	batch := fs.Int("batch", 100, "records re-sealed per batch")
-	concurrency := fs.Int("concurrency", 4, "writes in flight within a batch")
+	batch := fs.Int("batch", driver.MaxBatch, fmt.Sprintf("records re-sealed per batch (on etcd one atomic compare-and-set write, at most %d)", driver.MaxBatch))
+	concurrency := fs.Int("concurrency", 4, "batches in flight (records within a batch on backends that cannot batch)")
 	if code, ok := parse(fs, s, args); !ok {
 		return code
 	}

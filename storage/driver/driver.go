@@ -125,6 +125,10 @@ var (
 	ErrInvalidValue = errors.New("invalid value")
 	ErrIntegrity    = errors.New("integrity check failed")
 	ErrClosed       = errors.New("driver closed")
+	// ErrBatchUnsupported is returned by a wrapping driver (the overlay) whose
+	// inner driver cannot batch; callers fall back to single puts themselves,
+	// since only they know whether losing atomicity is acceptable.
+	ErrBatchUnsupported = errors.New("batch not supported by backend")
 )
 
 // CommonCode classifies the sentinels above and context errors; drivers call
@@ -198,4 +202,66 @@ func DirPrefix(prefix string) (string, error) {
 		return "", err
 	}
 	return prefix + "/", nil
+}
+
+// BatchPut is one conditional write of a batch.
+type BatchPut struct {
+	Key   string
+	Value []byte
+	Opts  PutOptions
+}
+
+// Batcher is implemented by drivers that apply several conditional puts
+// atomically in one round trip.
+type Batcher interface {
+	// PutBatch writes all puts or none. If any condition fails, nothing is
+	// written and the error's code is Conflict. Revisions are returned in order.
+	//
+	// A key may appear only once in a batch (InvalidKey otherwise), and a
+	// batch of more than MaxBatch puts may be refused with InvalidValue:
+	// splitting it would break atomicity, so callers split instead.
+	PutBatch(ctx context.Context, puts []BatchPut) ([]int64, error)
+}
+
+// BatchGetter is implemented by drivers that read several keys in one round
+// trip (e.g. to verify a batch just written).
+type BatchGetter interface {
+	// GetBatch returns one entry per key, in order, from one consistent
+	// snapshot. A missing key is not an error: its entry has the key, a nil
+	// Value and Revision 0 (no stored value ever has revision 0). Any other
+	// failure, for any key, fails the whole call. At most MaxBatch keys.
+	GetBatch(ctx context.Context, keys []string) ([]Entry, error)
+}
+
+// MaxBatch is the largest batch every Batcher and BatchGetter accepts. It
+// keeps an etcd transaction within etcd's default --max-txn-ops (128) even
+// when every put carries both conditions (two compares each).
+const MaxBatch = 64
+
+// CheckBatch validates the keys of a batch: each valid, none repeated, at
+// most MaxBatch of them. Drivers call it before touching the backend.
+func CheckBatch(keys []string) error {
+	if len(keys) > MaxBatch {
+		return fmt.Errorf("batch of %d keys: more than %d: %w", len(keys), MaxBatch, ErrInvalidValue)
+	}
+	seen := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		if err := ValidateKey(k); err != nil {
+			return err
+		}
+		if _, dup := seen[k]; dup {
+			return fmt.Errorf("key %q: repeated in one batch: %w", k, ErrInvalidKey)
+		}
+		seen[k] = struct{}{}
+	}
+	return nil
+}
+
+// BatchKeys returns the keys of puts, in order.
+func BatchKeys(puts []BatchPut) []string {
+	keys := make([]string, len(puts))
+	for i, p := range puts {
+		keys[i] = p.Key
+	}
+	return keys
 }

@@ -38,6 +38,11 @@ func Run(t *testing.T, open Opener) {
 		{"LargeValue", testLargeValue},
 		{"KeyShapes", testKeyShapes},
 		{"InvalidKeys", testInvalidKeys},
+		// The batch cases run against drivers that implement driver.Batcher.
+		{"BatchRoundTrip", batchCase(testBatchRoundTrip)},
+		{"BatchAllOrNothing", batchCase(testBatchAllOrNothing)},
+		{"BatchWatch", batchCase(testBatchWatch)},
+		{"BatchLimits", batchCase(testBatchLimits)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
@@ -278,4 +283,199 @@ func testInvalidKeys(t *testing.T, d driver.Driver) {
 		wantCode(t, d, err, driver.InvalidKey, fmt.Sprintf("Get(%q)", k))
 		wantCode(t, d, d.Delete(ctx(t), k, driver.DeleteOptions{}), driver.InvalidKey, fmt.Sprintf("Delete(%q)", k))
 	}
+}
+
+// batchCase runs fn for a driver.Batcher. A wrapping driver whose inner
+// driver cannot batch must say so with ErrBatchUnsupported and write nothing.
+func batchCase(fn func(*testing.T, driver.Driver, driver.Batcher)) func(*testing.T, driver.Driver) {
+	return func(t *testing.T, d driver.Driver) {
+		b, ok := d.(driver.Batcher)
+		if !ok {
+			return // e.g. Vault: KV v2 has no multi-key transaction
+		}
+		_, err := b.PutBatch(ctx(t), []driver.BatchPut{{Key: "probe/k", Value: []byte("v")}})
+		if errors.Is(err, driver.ErrBatchUnsupported) {
+			_, gerr := d.Get(ctx(t), "probe/k")
+			wantCode(t, d, gerr, driver.NotFound, "Get after an unsupported batch")
+			return
+		}
+		if err != nil {
+			t.Fatalf("PutBatch probe: %v", err)
+		}
+		fn(t, d, b)
+	}
+}
+
+func testBatchRoundTrip(t *testing.T, d driver.Driver, b driver.Batcher) {
+	if revs, err := b.PutBatch(ctx(t), nil); err != nil || len(revs) != 0 {
+		t.Fatalf("empty PutBatch = %v, %v; want nothing, nil", revs, err)
+	}
+	old := mustPut(t, d, "bt/c", []byte("old"), driver.PutOptions{})
+	puts := []driver.BatchPut{
+		{Key: "bt/a", Value: []byte("1"), Opts: driver.PutOptions{IfAbsent: true}},
+		{Key: "bt/b/deep", Value: []byte{0, 0xff, '\n'}},
+		{Key: "bt/c", Value: []byte("3"), Opts: driver.PutOptions{IfRevision: old}},
+	}
+	revs, err := b.PutBatch(ctx(t), puts)
+	if err != nil {
+		t.Fatalf("PutBatch: %v", err)
+	}
+	if len(revs) != len(puts) {
+		t.Fatalf("PutBatch returned %d revisions for %d puts", len(revs), len(puts))
+	}
+	for i, p := range puts {
+		e := mustGet(t, d, p.Key)
+		if !bytes.Equal(e.Value, p.Value) || e.Revision != revs[i] {
+			t.Fatalf("Get(%q) = %q@%d, want %q@%d (revisions in put order)", p.Key, e.Value, e.Revision, p.Value, revs[i])
+		}
+		if revs[i] <= old || (i > 0 && revs[i] < revs[i-1]) {
+			t.Fatalf("revisions %v: want each newer than %d and non-decreasing", revs, old)
+		}
+	}
+	g, ok := d.(driver.BatchGetter)
+	if !ok {
+		return
+	}
+	keys := []string{"bt/c", "bt/missing", "bt/a"}
+	got, err := g.GetBatch(ctx(t), keys)
+	if err != nil {
+		t.Fatalf("GetBatch: %v", err)
+	}
+	if len(got) != len(keys) {
+		t.Fatalf("GetBatch returned %d entries for %d keys", len(got), len(keys))
+	}
+	want := []driver.Entry{{Key: "bt/c", Value: []byte("3"), Revision: revs[2]}, {Key: "bt/missing"}, {Key: "bt/a", Value: []byte("1"), Revision: revs[0]}}
+	for i, w := range want {
+		if got[i].Key != w.Key || !bytes.Equal(got[i].Value, w.Value) || got[i].Revision != w.Revision {
+			t.Fatalf("GetBatch[%d] = %q %q@%d, want %q %q@%d (missing: nil value, revision 0)",
+				i, got[i].Key, got[i].Value, got[i].Revision, w.Key, w.Value, w.Revision)
+		}
+	}
+}
+
+func testBatchAllOrNothing(t *testing.T, d driver.Driver, b driver.Batcher) {
+	rev := mustPut(t, d, "ban/exists", []byte("keep"), driver.PutOptions{})
+	check := func(what string) {
+		t.Helper()
+		for _, k := range []string{"ban/new1", "ban/new2"} {
+			_, err := d.Get(ctx(t), k)
+			wantCode(t, d, err, driver.NotFound, what+": Get("+k+")")
+		}
+		if e := mustGet(t, d, "ban/exists"); string(e.Value) != "keep" || e.Revision != rev {
+			t.Fatalf("%s: existing key is %q@%d, want keep@%d", what, e.Value, e.Revision, rev)
+		}
+	}
+	for _, tc := range []struct {
+		what string
+		opts driver.PutOptions
+	}{
+		{"IfAbsent over an existing key", driver.PutOptions{IfAbsent: true}},
+		{"IfRevision with a stale revision", driver.PutOptions{IfRevision: rev - 1}},
+		{"IfRevision on a missing key", driver.PutOptions{IfRevision: rev}},
+	} {
+		key := "ban/exists"
+		if tc.what == "IfRevision on a missing key" {
+			key = "ban/absent"
+		}
+		_, err := b.PutBatch(ctx(t), []driver.BatchPut{
+			{Key: "ban/new1", Value: []byte("x"), Opts: driver.PutOptions{IfAbsent: true}},
+			{Key: key, Value: []byte("lost"), Opts: tc.opts},
+			{Key: "ban/new2", Value: []byte("y")},
+		})
+		wantCode(t, d, err, driver.Conflict, "PutBatch with "+tc.what)
+		check(tc.what)
+	}
+	// With the right conditions the same batch goes through.
+	revs, err := b.PutBatch(ctx(t), []driver.BatchPut{
+		{Key: "ban/new1", Value: []byte("x"), Opts: driver.PutOptions{IfAbsent: true}},
+		{Key: "ban/exists", Value: []byte("new"), Opts: driver.PutOptions{IfRevision: rev}},
+	})
+	if err != nil {
+		t.Fatalf("PutBatch with current conditions: %v", err)
+	}
+	if e := mustGet(t, d, "ban/exists"); string(e.Value) != "new" || e.Revision != revs[1] {
+		t.Fatalf("after PutBatch: %q@%d, want new@%d", e.Value, e.Revision, revs[1])
+	}
+}
+
+func testBatchWatch(t *testing.T, d driver.Driver, b driver.Batcher) {
+	wctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	ch, err := d.Watch(wctx, "bw")
+	if err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	keys := []string{"bw/1", "bw/2/x", "bw/3"}
+	puts := make([]driver.BatchPut, len(keys))
+	for i, k := range keys {
+		puts[i] = driver.BatchPut{Key: k, Value: []byte("v"), Opts: driver.PutOptions{IfAbsent: true}}
+	}
+	revs, err := b.PutBatch(ctx(t), puts)
+	if err != nil {
+		t.Fatalf("PutBatch: %v", err)
+	}
+	want := map[string]int64{}
+	for i, k := range keys {
+		want[k] = revs[i]
+	}
+	timeout := time.After(eventTimeout)
+	for len(want) > 0 {
+		select {
+		case e, ok := <-ch:
+			if !ok || e.Err != nil {
+				t.Fatalf("watch ended: %v", e.Err)
+			}
+			rev, ok := want[e.Key]
+			if !ok || e.Type != driver.EventPut {
+				t.Fatalf("unexpected event %v %q", e.Type, e.Key)
+			}
+			// Polling drivers may only see the latest revision; streaming
+			// ones report exactly the batch's.
+			if e.Revision < rev {
+				t.Fatalf("event for %q has revision %d, want %d", e.Key, e.Revision, rev)
+			}
+			delete(want, e.Key)
+		case <-timeout:
+			t.Fatalf("no watch event for %v", want)
+		}
+	}
+}
+
+func testBatchLimits(t *testing.T, d driver.Driver, b driver.Batcher) {
+	_, err := b.PutBatch(ctx(t), []driver.BatchPut{{Key: "bl/a", Value: []byte("1")}, {Key: "bl/a", Value: []byte("2")}})
+	wantCode(t, d, err, driver.InvalidKey, "PutBatch with a repeated key")
+	_, err = b.PutBatch(ctx(t), []driver.BatchPut{{Key: "bl/b", Value: []byte("1")}, {Key: "bl/../x", Value: []byte("2")}})
+	wantCode(t, d, err, driver.InvalidKey, "PutBatch with an invalid key")
+	for _, k := range []string{"bl/a", "bl/b"} {
+		_, err := d.Get(ctx(t), k)
+		wantCode(t, d, err, driver.NotFound, "Get("+k+") after a refused batch")
+	}
+	// MaxBatch puts, each with both conditions, is the largest batch every
+	// Batcher accepts (etcd: 2*MaxBatch compares within --max-txn-ops); both
+	// conditions together cannot hold, so it is a Conflict, not a refusal.
+	both := make([]driver.BatchPut, driver.MaxBatch)
+	for i := range both {
+		both[i] = driver.BatchPut{Key: fmt.Sprintf("bl/both/%03d", i), Value: []byte("x"), Opts: driver.PutOptions{IfAbsent: true, IfRevision: 1}}
+	}
+	_, err = b.PutBatch(ctx(t), both)
+	wantCode(t, d, err, driver.Conflict, "PutBatch of MaxBatch puts with both conditions")
+	puts := make([]driver.BatchPut, driver.MaxBatch)
+	for i := range puts {
+		k := fmt.Sprintf("bl/max/%03d", i)
+		rev := mustPut(t, d, k, []byte("old"), driver.PutOptions{})
+		puts[i] = driver.BatchPut{Key: k, Value: []byte(fmt.Sprintf("new-%d", i)), Opts: driver.PutOptions{IfRevision: rev}}
+	}
+	if _, err := b.PutBatch(ctx(t), puts); err != nil {
+		t.Fatalf("PutBatch of MaxBatch=%d conditional puts: %v", driver.MaxBatch, err)
+	}
+	for _, p := range puts {
+		if e := mustGet(t, d, p.Key); !bytes.Equal(e.Value, p.Value) {
+			t.Fatalf("Get(%q) after max batch = %q, want %q", p.Key, e.Value, p.Value)
+		}
+	}
+	over := append(puts, driver.BatchPut{Key: "bl/over", Value: []byte("x")})
+	_, err = b.PutBatch(ctx(t), over)
+	wantCode(t, d, err, driver.InvalidValue, "PutBatch over MaxBatch")
+	_, err = d.Get(ctx(t), "bl/over")
+	wantCode(t, d, err, driver.NotFound, "Get after an over-long batch")
 }

@@ -26,7 +26,11 @@ type Driver struct {
 	watcher clientv3.Watcher
 }
 
-var _ driver.Driver = (*Driver)(nil)
+var (
+	_ driver.Driver      = (*Driver)(nil)
+	_ driver.Batcher     = (*Driver)(nil)
+	_ driver.BatchGetter = (*Driver)(nil)
+)
 
 // New returns a driver storing keys under prefix (e.g. "/sealrun/state/") on
 // client. The prefix should end in '/' so it cannot match a sibling.
@@ -71,6 +75,71 @@ func (d *Driver) Put(ctx context.Context, key string, value []byte, opts driver.
 		return 0, fmt.Errorf("etcd put %q: %w", key, driver.ErrConflict)
 	}
 	return resp.Header.Revision, nil
+}
+
+// PutBatch implements driver.Batcher: one transaction whose If holds every
+// put's conditions and whose Then holds every put, so etcd applies all or
+// none at a single revision. Batches are limited to driver.MaxBatch so the
+// transaction stays within etcd's default --max-txn-ops.
+func (d *Driver) PutBatch(ctx context.Context, puts []driver.BatchPut) ([]int64, error) {
+	if err := driver.CheckBatch(driver.BatchKeys(puts)); err != nil {
+		return nil, err
+	}
+	if len(puts) == 0 {
+		return nil, nil
+	}
+	var conds []clientv3.Cmp
+	ops := make([]clientv3.Op, len(puts))
+	for i, p := range puts {
+		if p.Opts.IfAbsent {
+			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(p.Key), "=", 0))
+		}
+		if p.Opts.IfRevision != 0 {
+			conds = append(conds, clientv3.Compare(clientv3.ModRevision(p.Key), "=", p.Opts.IfRevision))
+		}
+		ops[i] = clientv3.OpPut(p.Key, string(p.Value))
+	}
+	first := puts[0].Key
+	resp, err := d.kv.Txn(ctx).If(conds...).Then(ops...).Commit()
+	if err != nil {
+		return nil, d.wrap(fmt.Sprintf("put batch of %d from", len(puts)), first, err)
+	}
+	if !resp.Succeeded {
+		return nil, fmt.Errorf("etcd put batch of %d from %q: a condition failed, nothing written: %w", len(puts), first, driver.ErrConflict)
+	}
+	// Every put of one transaction gets the transaction's revision.
+	revs := make([]int64, len(puts))
+	for i := range revs {
+		revs[i] = resp.Header.Revision
+	}
+	return revs, nil
+}
+
+// GetBatch implements driver.BatchGetter: one read-only transaction, so
+// every entry comes from the same revision.
+func (d *Driver) GetBatch(ctx context.Context, keys []string) ([]driver.Entry, error) {
+	if err := driver.CheckBatch(keys); err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	ops := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = clientv3.OpGet(k)
+	}
+	resp, err := d.kv.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, d.wrap(fmt.Sprintf("get batch of %d from", len(keys)), keys[0], err)
+	}
+	out := make([]driver.Entry, len(keys))
+	for i, r := range resp.Responses {
+		out[i] = driver.Entry{Key: keys[i]}
+		if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
+			out[i].Value, out[i].Revision = kvs[0].Value, kvs[0].ModRevision
+		}
+	}
+	return out, nil
 }
 
 // Delete implements driver.Driver.

@@ -27,7 +27,11 @@ func New() *Driver {
 	return &Driver{data: map[string]driver.Entry{}, changed: make(chan struct{}), closed: make(chan struct{})}
 }
 
-var _ driver.Driver = (*Driver)(nil)
+var (
+	_ driver.Driver      = (*Driver)(nil)
+	_ driver.Batcher     = (*Driver)(nil)
+	_ driver.BatchGetter = (*Driver)(nil)
+)
 
 func (d *Driver) check(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
@@ -74,6 +78,62 @@ func (d *Driver) Put(ctx context.Context, key string, value []byte, opts driver.
 	d.data[key] = driver.Entry{Key: key, Value: append([]byte(nil), value...), Revision: d.rev}
 	d.notify(driver.Event{Type: driver.EventPut, Key: key, Revision: d.rev})
 	return d.rev, nil
+}
+
+// PutBatch implements driver.Batcher. Like etcd, the whole batch is one
+// revision.
+func (d *Driver) PutBatch(ctx context.Context, puts []driver.BatchPut) ([]int64, error) {
+	if err := d.check(ctx, "batch"); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckBatch(driver.BatchKeys(puts)); err != nil {
+		return nil, err
+	}
+	if len(puts) == 0 {
+		return nil, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range puts {
+		cur, exists := d.data[p.Key]
+		if p.Opts.IfAbsent && exists {
+			return nil, fmt.Errorf("put batch: create %q: already exists, nothing written: %w", p.Key, driver.ErrConflict)
+		}
+		if p.Opts.IfRevision != 0 && cur.Revision != p.Opts.IfRevision {
+			return nil, fmt.Errorf("put batch: %q: revision is %d, want %d, nothing written: %w", p.Key, cur.Revision, p.Opts.IfRevision, driver.ErrConflict)
+		}
+	}
+	d.rev++
+	revs := make([]int64, len(puts))
+	for i, p := range puts {
+		d.data[p.Key] = driver.Entry{Key: p.Key, Value: append([]byte(nil), p.Value...), Revision: d.rev}
+		d.notify(driver.Event{Type: driver.EventPut, Key: p.Key, Revision: d.rev})
+		revs[i] = d.rev
+	}
+	return revs, nil
+}
+
+// GetBatch implements driver.BatchGetter.
+func (d *Driver) GetBatch(ctx context.Context, keys []string) ([]driver.Entry, error) {
+	if err := d.check(ctx, "batch"); err != nil {
+		return nil, err
+	}
+	if err := driver.CheckBatch(keys); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]driver.Entry, len(keys))
+	for i, k := range keys {
+		e, ok := d.data[k]
+		if !ok {
+			out[i] = driver.Entry{Key: k}
+			continue
+		}
+		e.Value = append([]byte(nil), e.Value...)
+		out[i] = e
+	}
+	return out, nil
 }
 
 // Delete implements driver.Driver.

@@ -64,7 +64,11 @@ type Driver struct {
 	prot  Protection
 }
 
-var _ driver.Driver = (*Driver)(nil)
+var (
+	_ driver.Driver      = (*Driver)(nil)
+	_ driver.Batcher     = (*Driver)(nil)
+	_ driver.BatchGetter = (*Driver)(nil)
+)
 
 // New returns an overlay storing ciphertexts in under. Closing it closes under.
 func New(under driver.Driver, ring *KeyRing, prot Protection) *Driver {
@@ -165,6 +169,67 @@ func (d *Driver) Put(ctx context.Context, key string, value []byte, opts driver.
 		return 0, err
 	}
 	return d.under.Put(ctx, key, []byte(ct), opts)
+}
+
+// PutBatch implements driver.Batcher by sealing each value and handing the
+// batch to the inner driver's Batcher; without one it returns
+// driver.ErrBatchUnsupported.
+func (d *Driver) PutBatch(ctx context.Context, puts []driver.BatchPut) ([]int64, error) {
+	b, ok := d.under.(driver.Batcher)
+	if !ok {
+		return nil, fmt.Errorf("put batch: %T: %w", d.under, driver.ErrBatchUnsupported)
+	}
+	if err := driver.CheckBatch(driver.BatchKeys(puts)); err != nil {
+		return nil, err
+	}
+	sealed := make([]driver.BatchPut, len(puts))
+	for i, p := range puts {
+		if len(p.Value) == 0 {
+			return nil, fmt.Errorf("put %q: empty value (cannot be stored encrypted): %w", p.Key, driver.ErrInvalidValue)
+		}
+		ct, err := d.Seal(p.Key, p.Value)
+		if err != nil {
+			return nil, err
+		}
+		sealed[i] = driver.BatchPut{Key: p.Key, Value: []byte(ct), Opts: p.Opts}
+	}
+	return b.PutBatch(ctx, sealed)
+}
+
+// GetBatch implements driver.BatchGetter over the inner driver's, opening
+// each value as Get does; without one it returns driver.ErrBatchUnsupported.
+// In Migrate protection an unpinned value is re-read with Get, which pins it.
+func (d *Driver) GetBatch(ctx context.Context, keys []string) ([]driver.Entry, error) {
+	b, ok := d.under.(driver.BatchGetter)
+	if !ok {
+		return nil, fmt.Errorf("get batch: %T: %w", d.under, driver.ErrBatchUnsupported)
+	}
+	entries, err := b.GetBatch(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	for i, e := range entries {
+		if e.Revision == 0 {
+			continue
+		}
+		plain, pinned, err := d.Open(e.Key, string(e.Value))
+		if err != nil {
+			return nil, err
+		}
+		if !pinned && d.prot == Migrate {
+			switch got, err := d.Get(ctx, e.Key); {
+			case err == nil:
+				entries[i] = got
+			case d.ErrorCode(err) == driver.NotFound:
+				entries[i] = driver.Entry{Key: e.Key} // deleted since the batch read
+			default:
+				return nil, err
+			}
+			continue
+		}
+		entries[i].Value = plain
+	}
+	return entries, nil
 }
 
 // Delete implements driver.Driver.
