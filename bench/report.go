@@ -48,6 +48,8 @@ var goals = []goal{
 	{"overlay Put vs plain etcd driver Put", "Etcd/Put/overlay", "Etcd/Put/plain", 0.8},
 	{"proxy GET with client cache (ops/s)", "ProxyGetCached", "", 20000},
 	{"proxy GET uncached vs raw etcd Get", "ProxyGetUncached", "RawEtcdGet", 0.8},
+	{"proxy GET, server value cache off, vs raw etcd Get", "ProxyGetBackend", "RawEtcdGet", 0},
+	{"Vault KV v2 Get through the proxy vs direct (vault/api)", "ProxyGetVault", "VaultKVGetDirect", 0},
 	{"overlay Get, Transit KEK vs file key", "OverlayGet/Get/transit-kek", "OverlayGet/Get/file-key", 0.9},
 	{"runner StudioML e2e vs raw RSA-4096 decrypt on one core (goal: 0.85 × 2 cores)", "EndToEndStudioML", "RawRSADecryptOAEP", 1.7},
 	{"runner HPKE e2e (msg/s)", "EndToEndHPKE", "", 5000},
@@ -55,6 +57,8 @@ var goals = []goal{
 	{"runner StudioML e2e vs raw AMQP publish→consume", "EndToEndStudioML", "RawAMQP", 0},
 	{"runner HPKE e2e, JobRecords in etcd vs in memory", "EndToEndHPKE", "EndToEndHPKEMemoryState", 0},
 	{"migrate N secrets vs raw puts", "Migrate", "RawPut", 0.8},
+	{"migrate N secrets vs raw puts in 64-put transactions", "Migrate", "RawPutBatch", 0},
+	{"rotate master key over 100k records, 4 readers running (records/s)", "Rotate100k", "", 0},
 }
 
 // result is one benchmark line (averaged over repeats).
@@ -192,7 +196,7 @@ func opsPerSec(r *result) float64 {
 	if r == nil {
 		return 0
 	}
-	for _, u := range []string{"msgs/s", "secrets/s"} {
+	for _, u := range []string{"msgs/s", "secrets/s", "records/s"} {
 		if v, ok := r.metrics[u]; ok && v > 0 {
 			return v
 		}

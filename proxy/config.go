@@ -22,6 +22,7 @@ type Config struct {
 	Auth      Auth      `yaml:"auth"`
 	Limits    Limits    `yaml:"limits"`
 	AuditLog  string    `yaml:"audit_log"`
+	Cache     *Cache    `yaml:"cache"` // optional; absent means the defaults
 	Storage   yaml.Node `yaml:"storage"`
 
 	storage *storageconfig.Config
@@ -57,6 +58,25 @@ type Limits struct {
 	Rate    float64 `yaml:"rate"`     // requests/s per credential, default 200
 	Burst   int     `yaml:"burst"`    // default 400
 }
+
+// Cache configures the proxy's cache of decrypted values, which serves GETs
+// without a backend read or decrypt and is kept correct by watching the
+// backend (see valueCache).
+type Cache struct {
+	// Values is "auto" (the default), "on" or "off". Auto turns the cache
+	// on for the overlay, whose etcd watch reports every change, in order,
+	// as it is committed, and off for Vault: Vault's watch polls
+	// (poll_interval), so a value changed in Vault directly would be served
+	// stale for up to a poll interval, and a delete and re-create that
+	// lands on the same version between two polls is never seen (stale
+	// until evicted or restarted). "on" with Vault accepts that.
+	Values string `yaml:"values"`
+	// Entries bounds the cache (values, not bytes); default 10000.
+	Entries int `yaml:"entries"`
+}
+
+// DefaultCacheEntries is cache.entries when unset.
+const DefaultCacheEntries = 10000
 
 // LoadConfig reads and validates a proxy configuration file.
 func LoadConfig(path string) (*Config, error) {
@@ -100,6 +120,22 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 			return nil, err
 		}
 	}
+	if c.Cache == nil {
+		c.Cache = &Cache{}
+	}
+	switch c.Cache.Values {
+	case "":
+		c.Cache.Values = "auto"
+	case "auto", "on", "off":
+	default:
+		return nil, fmt.Errorf("cache.values %q: want auto, on or off", c.Cache.Values)
+	}
+	if c.Cache.Entries < 0 {
+		return nil, errors.New("cache.entries must not be negative")
+	}
+	if c.Cache.Entries == 0 {
+		c.Cache.Entries = DefaultCacheEntries
+	}
 	if c.Limits.MaxBody < 0 || c.Limits.Rate < 0 || c.Limits.Burst < 0 {
 		return nil, errors.New("limits: values must not be negative")
 	}
@@ -125,5 +161,17 @@ func (c *Config) SocketMode() (os.FileMode, error) {
 // Audit still to be filled in).
 func (c *Config) Options() Options {
 	return Options{IDHeader: c.Auth.IDHeader, KeyHeader: c.Auth.KeyHeader, AllowedUIDs: c.Auth.AllowedUIDs,
-		MaxBody: c.Limits.MaxBody, Rate: c.Limits.Rate, Burst: c.Limits.Burst}
+		MaxBody: c.Limits.MaxBody, Rate: c.Limits.Rate, Burst: c.Limits.Burst, ValueCache: c.valueCache()}
+}
+
+// valueCache is Options.ValueCache: the entry bound, or 0 for off.
+func (c *Config) valueCache() int {
+	on := c.Cache.Values == "on"
+	if c.Cache.Values == "auto" {
+		on = c.storage != nil && c.storage.Secrets.Backend == "overlay"
+	}
+	if !on {
+		return 0
+	}
+	return c.Cache.Entries
 }

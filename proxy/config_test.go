@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -32,5 +33,61 @@ storage:
 	t.Setenv("CREDENTIALS_DIRECTORY", "")
 	if _, err := DecodeConfig(strings.NewReader(y)); err == nil || !strings.Contains(err.Error(), "CREDENTIALS_DIRECTORY is not set") {
 		t.Errorf("unset: %v", err)
+	}
+}
+
+// TestConfigCache: the value cache defaults to on for the overlay and off
+// for Vault (whose polling watch can miss changes); "on"/"off" override;
+// the shipped examples load and say the same.
+func TestConfigCache(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/sealrun-secrets.service")
+	const overlayStorage = `
+storage:
+  state: {backend: memory}
+  secrets: {backend: overlay, overlay: {store: memory, master_key: /etc/sealrun/master.key}}
+`
+	const vaultStorage = `
+storage:
+  state: {backend: memory}
+  secrets: {backend: vault, vault: {address: "https://vault.example:8200", token_file: /etc/sealrun/vault-token}}
+`
+	for _, c := range []struct {
+		name, yaml string
+		want       int
+		err        string
+	}{
+		{"overlay default", overlayStorage, DefaultCacheEntries, ""},
+		{"vault default", vaultStorage, 0, ""},
+		{"overlay off", "cache: {values: \"off\", entries: 5}\n" + overlayStorage, 0, ""},
+		{"vault on", "cache: {values: \"on\", entries: 5}\n" + vaultStorage, 5, ""},
+		{"overlay sized", "cache: {values: auto, entries: 7}\n" + overlayStorage, 7, ""},
+		{"bad mode", "cache: {values: maybe, entries: 5}\n" + overlayStorage, 0, "cache.values"},
+		{"negative", "cache: {values: auto, entries: -1}\n" + overlayStorage, 0, "cache.entries"},
+		{"unknown field", "cache: {values: auto, entries: 5, ttl: 3s}\n" + overlayStorage, 0, "ttl"},
+	} {
+		cfg, err := DecodeConfig(strings.NewReader(c.yaml))
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: err %v, want one naming %s", c.name, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if got := cfg.Options().ValueCache; got != c.want {
+			t.Errorf("%s: ValueCache %d, want %d", c.name, got, c.want)
+		}
+	}
+	for file, want := range map[string]int{"proxy.yaml": DefaultCacheEntries, "proxy-etcd-tls.yaml": DefaultCacheEntries, "proxy-vault.yaml": 0} {
+		cfg, err := LoadConfig(filepath.Join("..", "configs", file))
+		if err != nil {
+			t.Errorf("configs/%s: %v", file, err)
+			continue
+		}
+		if got := cfg.Options().ValueCache; got != want {
+			t.Errorf("configs/%s: ValueCache %d, want %d", file, got, want)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sealrun/sealrun/secrets"
@@ -20,17 +21,26 @@ import (
 const pepperID = "_pepper"
 
 // Credentials manages API credentials in the secret backend: creation (the
-// key is shown once), listing, revocation, and authentication with an
-// in-memory cache that a watch on the credential kind invalidates, so a
-// revocation takes effect at once.
+// key is shown once), listing, revocation, and authentication.
+//
+// Authentication is served from an in-memory cache of stored credentials
+// (id, keyed key hash, grant), so a request costs one HMAC and a
+// constant-time compare, not a backend read and decrypt. The cache is only
+// used while WatchRevocations has a watch on the credential kind
+// established: a watch event drops the credential, a broken watch flushes
+// everything and turns the cache off until the watch is back. Without a
+// watch every request reads the credential from the backend.
 type Credentials struct {
 	store Store
 
-	mu     sync.Mutex
-	pepper []byte
-	cache  map[string]cachedCred
-	ttl    time.Duration
-	now    func() time.Time
+	keys atomic.Pointer[apiKeyHasher] // nil until the pepper is loaded
+
+	mu    sync.Mutex
+	cache map[string]cachedCred
+	live  bool   // a revocation watch is established
+	gen   uint64 // bumped on every invalidation; a fetch that raced one is not cached
+	ttl   time.Duration
+	now   func() time.Time
 }
 
 type cachedCred struct {
@@ -40,17 +50,16 @@ type cachedCred struct {
 
 // NewCredentials returns a credential manager over store.
 func NewCredentials(store Store) *Credentials {
+	// The TTL only bounds how long an entry lives if the watch silently
+	// stalls; revocations normally arrive through the watch at once.
 	return &Credentials{store: store, cache: map[string]cachedCred{}, ttl: 30 * time.Second, now: time.Now}
 }
 
 // loadPepper reads, or on first use creates, the HMAC key. Concurrent
 // creators race through IfAbsent: the loser reads the winner's key.
-func (c *Credentials) loadPepper(ctx context.Context) ([]byte, error) {
-	c.mu.Lock()
-	p := c.pepper
-	c.mu.Unlock()
-	if p != nil {
-		return p, nil
+func (c *Credentials) loadPepper(ctx context.Context) (*apiKeyHasher, error) {
+	if h := c.keys.Load(); h != nil {
+		return h, nil
 	}
 	m := &secrets.APICredential{ID: pepperID}
 	_, err := c.store.Get(ctx, m)
@@ -69,10 +78,11 @@ func (c *Credentials) loadPepper(ctx context.Context) ([]byte, error) {
 	if len(m.KeyHash) < 32 {
 		return nil, errors.New("stored API key pepper is too short: the credential store is damaged")
 	}
-	c.mu.Lock()
-	c.pepper = m.KeyHash
-	c.mu.Unlock()
-	return m.KeyHash, nil
+	h := newAPIKeyHasher([]byte(m.KeyHash))
+	if !c.keys.CompareAndSwap(nil, h) {
+		h = c.keys.Load() // a concurrent loader read the same stored pepper
+	}
+	return h, nil
 }
 
 // Create stores a new credential and returns its key, which is not stored
@@ -84,12 +94,12 @@ func (c *Credentials) Create(ctx context.Context, id string, g Grant) (string, e
 	if err := g.validate(); err != nil {
 		return "", err
 	}
-	pepper, err := c.loadPepper(ctx)
+	keys, err := c.loadPepper(ctx)
 	if err != nil {
 		return "", err
 	}
 	key := NewAPIKey()
-	m := &secrets.APICredential{ID: id, KeyHash: hashAPIKey(pepper, id, key), Prefixes: g.Paths, Verbs: g.Verbs}
+	m := &secrets.APICredential{ID: id, KeyHash: hashAPIKey(keys.pepper, id, key), Prefixes: g.Paths, Verbs: g.Verbs}
 	if _, err := c.store.Put(ctx, m, driver.PutOptions{IfAbsent: true}); err != nil {
 		if storage.Code(err) == driver.Conflict {
 			return "", fmt.Errorf("credential %q already exists; revoke it first to replace its key", id)
@@ -140,12 +150,16 @@ func (c *Credentials) Revoke(ctx context.Context, id string) error {
 func (c *Credentials) invalidate(id string) {
 	c.mu.Lock()
 	delete(c.cache, id)
+	c.gen++
 	c.mu.Unlock()
 }
 
-func (c *Credentials) invalidateAll() {
+// setLive flushes the cache and records whether a watch now covers it.
+func (c *Credentials) setLive(live bool) {
 	c.mu.Lock()
 	c.cache = map[string]cachedCred{}
+	c.gen++
+	c.live = live
 	c.mu.Unlock()
 }
 
@@ -159,14 +173,16 @@ func (c *Credentials) Authenticate(ctx context.Context, id, key string) (*secret
 	if id == "" || key == "" || ValidateCredentialID(id) != nil {
 		return nil, errUnauthenticated
 	}
-	pepper, err := c.loadPepper(ctx)
+	keys, err := c.loadPepper(ctx)
 	if err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	e, ok := c.cache[id]
+	ok = ok && c.live && c.now().Sub(e.fetched) <= c.ttl
+	gen := c.gen
 	c.mu.Unlock()
-	if !ok || c.now().Sub(e.fetched) > c.ttl {
+	if !ok {
 		m := &secrets.APICredential{ID: id}
 		_, err := c.store.Get(ctx, m)
 		switch storage.Code(err) {
@@ -178,27 +194,36 @@ func (c *Credentials) Authenticate(ctx context.Context, id, key string) (*secret
 			return nil, err
 		}
 		c.mu.Lock()
-		c.cache[id] = e
+		// Only a fetch that no invalidation raced, under an established
+		// watch, may be cached: otherwise a revocation could be undone.
+		if c.live && c.gen == gen {
+			c.cache[id] = e
+		}
 		c.mu.Unlock()
 	}
 	if e.cred == nil {
-		hashAPIKey(pepper, id, key) // same work either way
+		keys.check(id, key, nil) // same work either way
 		return nil, errUnauthenticated
 	}
-	if !checkAPIKey(pepper, id, key, e.cred.KeyHash) {
+	if !keys.check(id, key, e.cred.KeyHash) {
 		return nil, errUnauthenticated
 	}
 	return e.cred, nil
 }
 
 // WatchRevocations invalidates cached credentials as they change, until ctx
-// ends. After a watch failure everything cached is dropped and the watch is
-// re-established with backoff, so a missed revocation cannot linger.
+// ends. The cache is used only while the watch is established: after a
+// watch failure everything cached is dropped, authentication reads the
+// backend, and the watch is re-established with backoff, so a missed
+// revocation cannot linger.
 func (c *Credentials) WatchRevocations(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		ch, err := c.store.Watch(ctx, secrets.KindAPICredential, "")
 		if err == nil {
+			// Changes after Watch returned are delivered; anything cached
+			// before may predate one, hence the flush.
+			c.setLive(true)
 			backoff = 100 * time.Millisecond
 			for ev := range ch {
 				if ev.Err != nil {
@@ -207,7 +232,7 @@ func (c *Credentials) WatchRevocations(ctx context.Context) {
 				c.invalidate(ev.Key)
 			}
 		}
-		c.invalidateAll()
+		c.setLive(false)
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):

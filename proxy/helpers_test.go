@@ -28,6 +28,15 @@ import (
 // a real (embedded) etcd for secrets, plain etcd for state.
 func overlayStore(t testing.TB) *storage.Service {
 	t.Helper()
+	svc, _ := overlayPair(t)
+	return svc
+}
+
+// overlayPair returns two services over the same etcd and master key: the
+// second stands for another process (another proxy, the CLI) changing
+// values around the first.
+func overlayPair(t testing.TB) (*storage.Service, *storage.Service) {
+	t.Helper()
 	cli := testenv.Etcd(t)
 	raw := make([]byte, overlay.KeySize)
 	rand.Read(raw)
@@ -39,13 +48,16 @@ func overlayStore(t testing.TB) *storage.Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := storage.New(overlay.New(etcddrv.New(cli, "/sealrun/secrets/"), ring, overlay.Pinning),
-		etcddrv.New(cli, "/sealrun/state/"), storage.Options{Registry: Registry(), Timeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
+	open := func() *storage.Service {
+		svc, err := storage.New(overlay.New(etcddrv.New(cli, "/sealrun/secrets/"), ring, overlay.Pinning),
+			etcddrv.New(cli, "/sealrun/state/"), storage.Options{Registry: Registry(), Timeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { svc.Close() })
+		return svc
 	}
-	t.Cleanup(func() { svc.Close() })
-	return svc
+	return open(), open()
 }
 
 type fixture struct {
@@ -66,7 +78,9 @@ func startProxy(t testing.TB, store Store, tweak func(*Options)) *fixture {
 		t.Fatal(err)
 	}
 	creds := NewCredentials(store)
-	o := Options{Store: store, Credentials: creds, Audit: al}
+	// The value cache is on, as Run turns it on for the overlay; tests of
+	// the uncached path turn it off in tweak.
+	o := Options{Store: store, Credentials: creds, Audit: al, ValueCache: DefaultCacheEntries}
 	if tweak != nil {
 		tweak(&o)
 	}
@@ -82,6 +96,7 @@ func startProxy(t testing.TB, store Store, tweak func(*Options)) *fixture {
 	go hs.Serve(ln)
 	ctx, cancel := context.WithCancel(context.Background())
 	go creds.WatchRevocations(ctx)
+	go f.srv.WatchValues(ctx)
 	t.Cleanup(func() {
 		cancel()
 		hs.Close()
@@ -148,6 +163,14 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // under its own prefix; state stays in etcd.
 func vaultStore(t testing.TB) *storage.Service {
 	t.Helper()
+	svc, _, _ := vaultEnv(t)
+	return svc
+}
+
+// vaultEnv is vaultStore with the Vault client it uses and its key prefix
+// under the "secret" mount, for reading around the driver.
+func vaultEnv(t testing.TB) (*storage.Service, *vaultapi.Client, string) {
+	t.Helper()
 	addr, token := testenv.Vault(t)
 	cfg := vaultapi.DefaultConfig()
 	cfg.Address = addr
@@ -165,7 +188,7 @@ func vaultStore(t testing.TB) *storage.Service {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Close() })
-	return svc
+	return svc, vc, prefix
 }
 
 // backends are the secret stores every API test runs against.

@@ -59,17 +59,42 @@ func (s *Server) get(ctx context.Context, name string) (value, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !t.typed {
-		m := &secrets.Raw{Name: name}
+	kind, key := secrets.KindRaw, name
+	if t.typed {
+		if t.key == "" {
+			return nil, fail(http.StatusNotFound, "not found")
+		}
+		kind, key = t.kind, t.key
+	}
+	var gen uint64
+	if s.values != nil {
+		v, g, ok := s.values.get(kind, key)
+		if ok {
+			return v, nil
+		}
+		gen = g
+	}
+	v, err := s.load(ctx, kind, key)
+	if err != nil {
+		return nil, err
+	}
+	if s.values != nil {
+		s.values.fill(kind, key, v, gen)
+	}
+	return v, nil
+}
+
+// load reads a value from the backend in its API form: a raw value as it
+// is, a typed model as its JSON.
+func (s *Server) load(ctx context.Context, kind, key string) (value, error) {
+	if kind == secrets.KindRaw {
+		m := &secrets.Raw{Name: key}
 		if _, err := s.o.Store.Get(ctx, m); err != nil {
 			return nil, err
 		}
 		return value(m.Value), nil
 	}
-	if t.key == "" {
-		return nil, fail(http.StatusNotFound, "not found")
-	}
-	m, err := s.o.Store.Registry().New(t.kind, t.key)
+	m, err := s.o.Store.Registry().New(kind, key)
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +103,15 @@ func (s *Server) get(ctx context.Context, name string) (value, error) {
 	}
 	b, err := json.Marshal(m)
 	return value(b), err
+}
+
+// written drops kind/key from the value cache once a write through this
+// proxy has returned (whatever its outcome), before the client is answered:
+// the proxy's own clients read their writes without waiting for the watch.
+func (s *Server) written(kind, key string) {
+	if s.values != nil {
+		s.values.invalidate(kind, key)
+	}
 }
 
 func (s *Server) put(ctx context.Context, name string, v value) error {
@@ -90,6 +124,7 @@ func (s *Server) put(ctx context.Context, name string, v value) error {
 			return err
 		}
 		_, err := s.o.Store.Put(ctx, &secrets.Raw{Name: name, Value: secrets.Secret(v)}, driver.PutOptions{IfAbsent: true})
+		s.written(secrets.KindRaw, name)
 		return err
 	}
 	if t.key == "" {
@@ -108,6 +143,7 @@ func (s *Server) put(ctx context.Context, name string, v value) error {
 		return fail(http.StatusBadRequest, "the value's key %q does not match the path's %q", m.Key(), t.key)
 	}
 	_, err = s.o.Store.Put(ctx, m, driver.PutOptions{IfAbsent: true})
+	s.written(t.kind, t.key)
 	return err
 }
 
@@ -136,9 +172,13 @@ func (s *Server) delete(ctx context.Context, name string) error {
 		if t.key == "" {
 			return fail(http.StatusMethodNotAllowed, "typed model kinds cannot be deleted")
 		}
-		return s.o.Store.Delete(ctx, t.kind, t.key, driver.DeleteOptions{})
+		err := s.o.Store.Delete(ctx, t.kind, t.key, driver.DeleteOptions{})
+		s.written(t.kind, t.key)
+		return err
 	}
-	return s.o.Store.Delete(ctx, secrets.KindRaw, name, driver.DeleteOptions{})
+	err = s.o.Store.Delete(ctx, secrets.KindRaw, name, driver.DeleteOptions{})
+	s.written(secrets.KindRaw, name)
+	return err
 }
 
 // requireParent returns 404 unless the container holding name exists.

@@ -78,9 +78,10 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket str
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go creds.WatchRevocations(wctx)
+	go srv.WatchValues(wctx)
 
 	go watchdog(wctx, store, log)
-	log.Info("secrets proxy serving", "socket", c.Listen.Socket, "tcp", c.Listen.TCP != nil, "ops", c.OpsListen, "audit_log", c.AuditLog)
+	log.Info("secrets proxy serving", "socket", c.Listen.Socket, "tcp", c.Listen.TCP != nil, "ops", c.OpsListen, "audit_log", c.AuditLog, "value_cache", o.ValueCache)
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 	if ready != nil {
 		ready(c.Listen.Socket)

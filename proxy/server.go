@@ -56,6 +56,11 @@ type Options struct {
 	AuthFailBurst int
 	Metrics       prometheus.Registerer
 	Logger        *slog.Logger
+	// ValueCache, when positive, caches up to this many decrypted values
+	// for GET (see valueCache); 0 turns it off. It is correct only when
+	// WatchValues runs and the backend's Watch reports every change (the
+	// etcd overlay); until its watches are established it is not used.
+	ValueCache int
 }
 
 // Server serves the API. It is an http.Handler.
@@ -70,6 +75,7 @@ type Server struct {
 	// stop waited its whole timeout for the runners' watch streams.
 	streams     context.Context
 	stopStreams context.CancelFunc
+	values      *valueCache // nil: off
 }
 
 // NewServer checks opts and returns a Server.
@@ -108,8 +114,16 @@ func NewServer(o Options) (*Server, error) {
 			Help: "Secrets proxy request latency, audit fsync included.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}, []string{"verb"}),
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
+	if o.ValueCache > 0 {
+		s.values = newValueCache(o.ValueCache)
+	}
+	// Group commit at work: lines over fsyncs is the batch size.
+	auditLines := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sealrun_proxy_audit_lines_total",
+		Help: "Audit lines written and fsync'd."}, func() float64 { return float64(o.Audit.Stats().Lines) })
+	auditSyncs := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sealrun_proxy_audit_fsyncs_total",
+		Help: "Audit log fsyncs (each covers a batch of lines)."}, func() float64 { return float64(o.Audit.Stats().Syncs) })
 	if o.Metrics != nil {
-		for _, c := range []prometheus.Collector{s.reqs, s.latency} {
+		for _, c := range []prometheus.Collector{s.reqs, s.latency, auditLines, auditSyncs} {
 			if err := o.Metrics.Register(c); err != nil {
 				return nil, err
 			}
@@ -445,8 +459,15 @@ func (s *Server) writeValue(q *request, v value) error {
 		})
 	}
 	return s.respond(q, http.StatusOK, "", func() {
-		writeJSON(q.w, http.StatusOK, map[string]string{"type": "simple", "value": string(v)})
+		writeJSON(q.w, http.StatusOK, simpleMessage{Type: "simple", Value: string(v)})
 	})
+}
+
+// simpleMessage is Custodia's value reply; a struct marshals without the
+// map's allocations and key sort, in the same field order.
+type simpleMessage struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
 }
 
 func accepts(r *http.Request, ct string) bool {

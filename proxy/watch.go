@@ -84,6 +84,12 @@ func (s *Server) watch(q *request, name string) error {
 				send("error", map[string]string{"error": "watch failed; re-read and watch again"})
 				return nil
 			}
+			// The value cache's own watch may see this change later than
+			// this stream: drop the entry first, so a client re-reading on
+			// the event cannot be served (and then cache) the old value.
+			if s.values != nil {
+				s.values.invalidate(kind, ev.Key)
+			}
 			if !send("change", WatchEvent{Type: ev.Type.String(), Path: base + path.Clean(ev.Key), Revision: ev.Revision}) {
 				return nil
 			}

@@ -22,9 +22,11 @@ type Server struct {
 // Close stops serving (existing connections are closed); t's cleanup also does.
 func (s *Server) Close() error { return s.stop() }
 
-// Start serves store and creates credential id with grant. Everything stops
-// when t ends.
-func Start(t testing.TB, store proxy.Store, id string, grant proxy.Grant) *Server {
+// Start serves store and creates credential id with grant, with the
+// credential cache kept fresh by its revocation watch as `secrets serve`
+// does; opts may change the server's options (e.g. turn on the value cache,
+// which the overlay's exact watch allows). Everything stops when t ends.
+func Start(t testing.TB, store proxy.Store, id string, grant proxy.Grant, opts ...func(*proxy.Options)) *Server {
 	t.Helper()
 	dir := t.TempDir()
 	al, err := audit.Open(filepath.Join(dir, "audit.log"))
@@ -32,7 +34,11 @@ func Start(t testing.TB, store proxy.Store, id string, grant proxy.Grant) *Serve
 		t.Fatal(err)
 	}
 	creds := proxy.NewCredentials(store)
-	srv, err := proxy.NewServer(proxy.Options{Store: store, Credentials: creds, Audit: al})
+	o := proxy.Options{Store: store, Credentials: creds, Audit: al}
+	for _, f := range opts {
+		f(&o)
+	}
+	srv, err := proxy.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,10 +47,13 @@ func Start(t testing.TB, store proxy.Store, id string, grant proxy.Grant) *Serve
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go creds.WatchRevocations(ctx)
+	go srv.WatchValues(ctx)
 	hs := srv.HTTPServer()
 	go hs.Serve(ln)
 	s.stop = hs.Close
-	t.Cleanup(func() { hs.Close(); al.Close() })
+	t.Cleanup(func() { cancel(); hs.Close(); al.Close() })
 	if s.Key, err = creds.Create(context.Background(), id, grant); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func writeLog(t *testing.T, n int) string {
@@ -134,5 +135,51 @@ func TestWriteFailureIsSticky(t *testing.T) {
 	}
 	if err := l.Log(context.Background(), Entry{Verb: "GET"}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("refusing")) {
 		t.Fatalf("second write: %v", err)
+	}
+}
+
+// TestGroupCommitBatches: 16 concurrent writers (the proxy benchmark's
+// concurrency) share fsyncs. Every line is durable and chained, and there
+// are far fewer fsyncs than lines; one fsync per line would mean requests
+// queue on the disk one by one.
+func TestGroupCommitBatches(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 16, 40
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for range each {
+				if err := l.Log(context.Background(), Entry{Credential: "runner-1", Verb: "GET", Path: "/secrets/a", Status: 200, Outcome: "allowed"}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	st := l.Stats()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st.Lines != writers*each {
+		t.Fatalf("stats count %d durable lines, want %d", st.Lines, writers*each)
+	}
+	perSync := float64(st.Lines) / float64(st.Syncs)
+	t.Logf("%d lines in %d fsyncs: %.1f lines/fsync, %v per fsync", st.Lines, st.Syncs, perSync, st.SyncTime/time.Duration(st.Syncs))
+	if perSync < 4 {
+		t.Errorf("%.1f lines per fsync with %d concurrent writers: group commit is not batching", perSync, writers)
+	}
+	res, err := verifyFile(t, path)
+	if err != nil || res.Lines != writers*each {
+		t.Fatalf("verify: %+v %v", res, err)
 	}
 }

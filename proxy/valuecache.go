@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/sealrun/sealrun/secrets"
+)
+
+// valueCache holds values as the API returns them (decrypted), so an
+// uncached client GET costs no backend round trip and no JWE decrypt. It is
+// correct only over a backend whose Watch reports every change: entries of a
+// kind are served only while a watch on that kind is established (watch
+// events drop entries; a broken watch flushes the kind and turns it off
+// until the watch is back), and writes through this proxy drop their entry
+// before they answer, so its own clients read their writes. Changes made
+// around the proxy become visible when their watch event arrives.
+//
+// Values in it are secrets: nothing here logs, counts or labels them, or
+// their names.
+type valueCache struct {
+	max int
+
+	mu      sync.RWMutex
+	entries map[cacheKey]value
+	live    map[string]bool // kinds whose watch is established
+	gen     uint64          // bumped on every invalidation; a fill that raced one is dropped
+}
+
+type cacheKey struct{ kind, key string }
+
+// valueKinds are the kinds GET serves, and so the kinds cached and watched.
+func valueKinds() []string {
+	kinds := []string{secrets.KindRaw}
+	for k := range exposedKinds {
+		kinds = append(kinds, k)
+	}
+	return kinds
+}
+
+func newValueCache(max int) *valueCache {
+	return &valueCache{max: max, entries: map[cacheKey]value{}, live: map[string]bool{}}
+}
+
+// get returns the cached value, or the generation a fill must quote.
+func (c *valueCache) get(kind, key string) (value, uint64, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if !c.live[kind] {
+		return nil, c.gen, false
+	}
+	v, ok := c.entries[cacheKey{kind, key}]
+	return v, c.gen, ok
+}
+
+// fill caches v read from the backend, unless the kind's watch is down or
+// an invalidation happened since get returned gen (the read may predate
+// the change that caused it).
+func (c *valueCache) fill(kind, key string, v value, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.live[kind] || c.gen != gen {
+		return
+	}
+	k := cacheKey{kind, key}
+	if _, ok := c.entries[k]; !ok && len(c.entries) >= c.max {
+		// Bounded: evict an arbitrary entry (Go's map order is random), which
+		// needs no bookkeeping on the read path, unlike LRU.
+		for old := range c.entries {
+			delete(c.entries, old)
+			break
+		}
+	}
+	c.entries[k] = v
+}
+
+// invalidate drops one entry: a write through this proxy or a watch event.
+func (c *valueCache) invalidate(kind, key string) {
+	c.mu.Lock()
+	delete(c.entries, cacheKey{kind, key})
+	c.gen++
+	c.mu.Unlock()
+}
+
+// setLive flushes kind and records whether its watch is established.
+func (c *valueCache) setLive(kind string, live bool) {
+	c.mu.Lock()
+	for k := range c.entries {
+		if k.kind == kind {
+			delete(c.entries, k)
+		}
+	}
+	c.gen++
+	c.live[kind] = live
+	c.mu.Unlock()
+}
+
+func (c *valueCache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.entries)
+}
+
+// WatchValues keeps the server's value cache correct until ctx ends: one
+// watch per kind GET serves. Until a kind's watch is established the cache
+// is not used for it. A no-op when the cache is off (Options.ValueCache 0).
+func (s *Server) WatchValues(ctx context.Context) {
+	if s.values == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, kind := range valueKinds() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.watchKind(ctx, kind)
+		}()
+	}
+	wg.Wait()
+}
+
+func (s *Server) watchKind(ctx context.Context, kind string) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		ch, err := s.o.Store.Watch(ctx, kind, "")
+		if err == nil {
+			// Every change after Watch returned is delivered; anything
+			// cached before may predate one, hence the flush.
+			s.values.setLive(kind, true)
+			backoff = 100 * time.Millisecond
+			for ev := range ch {
+				if ev.Err != nil {
+					s.o.Logger.Warn("value cache watch failed; cache off for the kind until it is re-established", "kind", kind, "err", ev.Err)
+					break
+				}
+				s.values.invalidate(kind, ev.Key)
+			}
+		} else if ctx.Err() == nil {
+			s.o.Logger.Warn("value cache watch could not start; retrying", "kind", kind, "err", err, "retry_in", backoff)
+		}
+		s.values.setLive(kind, false)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}

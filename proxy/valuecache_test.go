@@ -1,0 +1,383 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/driver"
+)
+
+// faultStore wraps a real store: it counts backend reads by kind, can hold
+// back watch events (a slow watch stream), and can break every watch it
+// handed out and refuse new ones, as a lost etcd connection would.
+type faultStore struct {
+	Store
+	mu      sync.Mutex
+	gets    map[string]int
+	refuse  bool
+	watches []chan struct{} // closed to break the watch
+	held    chan struct{}   // while open, events wait; closed to release them
+}
+
+func newFaultStore(s Store) *faultStore {
+	released := make(chan struct{})
+	close(released)
+	return &faultStore{Store: s, gets: map[string]int{}, held: released}
+}
+
+// hold delays every watch event until the returned func is called.
+func (f *faultStore) hold() (release func()) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.held = ch
+	f.mu.Unlock()
+	return func() { close(ch) }
+}
+
+func (f *faultStore) gate() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held
+}
+
+func (f *faultStore) Get(ctx context.Context, m secrets.Model) (int64, error) {
+	f.mu.Lock()
+	f.gets[m.Kind()]++
+	f.mu.Unlock()
+	return f.Store.Get(ctx, m)
+}
+
+func (f *faultStore) count(kind string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gets[kind]
+}
+
+func (f *faultStore) Watch(ctx context.Context, kind, prefix string) (<-chan driver.Event, error) {
+	f.mu.Lock()
+	if f.refuse {
+		f.mu.Unlock()
+		return nil, errors.New("test: watch refused")
+	}
+	brk := make(chan struct{})
+	f.watches = append(f.watches, brk)
+	f.mu.Unlock()
+	wctx, cancel := context.WithCancel(ctx)
+	in, err := f.Store.Watch(wctx, kind, prefix)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	out := make(chan driver.Event)
+	go func() {
+		defer close(out)
+		defer cancel()
+		for {
+			select {
+			case <-brk:
+				select {
+				case out <- driver.Event{Err: errors.New("test: watch broken")}:
+				case <-ctx.Done():
+				}
+				return
+			case ev, ok := <-in:
+				if !ok {
+					return
+				}
+				select {
+				case <-f.gate():
+				case <-ctx.Done():
+					return
+				}
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// breakAll breaks every established watch; with refuse, new ones fail too.
+func (f *faultStore) breakAll(refuse bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refuse = refuse
+	for _, w := range f.watches {
+		close(w)
+	}
+	f.watches = nil
+}
+
+func (f *faultStore) allow() {
+	f.mu.Lock()
+	f.refuse = false
+	f.mu.Unlock()
+}
+
+// eventually retries cond for up to 5s: a watch event crosses etcd's
+// watch stream, so it is prompt but not synchronous.
+func eventually(t *testing.T, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < 5*time.Second {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within 5s", what)
+	return 0
+}
+
+func (f *fixture) get(t *testing.T, name string) (int, string) {
+	t.Helper()
+	return f.raw(t, "GET", "/secrets/"+name, f.admin(), "")
+}
+
+func putRaw(t *testing.T, s Store, name, v string) {
+	t.Helper()
+	if _, err := s.Put(context.Background(), &secrets.Raw{Name: name, Value: secrets.Secret(v)}, driver.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cacheLive waits until the value cache's watch for kind is established.
+func cacheLive(t *testing.T, f *fixture, kind string) {
+	t.Helper()
+	eventually(t, "value cache watch established", func() bool {
+		f.srv.values.mu.RLock()
+		defer f.srv.values.mu.RUnlock()
+		return f.srv.values.live[kind]
+	})
+}
+
+// TestValueCacheServesAndFollowsExternalChanges: a cached GET does not read
+// the backend; a change or delete made by another service on the same etcd,
+// bypassing this proxy, is visible through it within a short bounded time.
+func TestValueCacheServesAndFollowsExternalChanges(t *testing.T) {
+	store, other := overlayPair(t)
+	fs := newFaultStore(store)
+	f := startProxy(t, fs, nil)
+	cacheLive(t, f, secrets.KindRaw)
+	putRaw(t, other, "ext", "value-one")
+
+	// The put's own watch event may still drop the first fill; after it,
+	// GETs must not read the backend.
+	eventually(t, "GET served from the cache", func() bool {
+		if code, body := f.get(t, "ext"); code != 200 || !strings.Contains(body, `"value-one"`) {
+			t.Fatalf("GET: %d %q", code, body)
+		}
+		reads := fs.count(secrets.KindRaw)
+		for range 5 {
+			if code, body := f.get(t, "ext"); code != 200 || !strings.Contains(body, `"value-one"`) {
+				t.Fatalf("cached GET: %d %q", code, body)
+			}
+		}
+		return fs.count(secrets.KindRaw) == reads
+	})
+
+	putRaw(t, other, "ext", "value-two")
+	took := eventually(t, "external change visible", func() bool {
+		_, body := f.get(t, "ext")
+		return strings.Contains(body, `"value-two"`)
+	})
+	t.Logf("external change visible after %v", took)
+
+	if err := other.Delete(context.Background(), secrets.KindRaw, "ext", driver.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	took = eventually(t, "external delete visible", func() bool {
+		code, _ := f.get(t, "ext")
+		return code == 404
+	})
+	t.Logf("external delete visible after %v", took)
+
+	// Typed models are cached and followed the same way.
+	sk := &secrets.SigningKey{QueuePrefix: "rmq_cpu_", PublicKey: "public-one"}
+	if _, err := other.Put(context.Background(), sk, driver.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	path := "sealrun/" + secrets.KindSigningKey + "/rmq_cpu_"
+	eventually(t, "typed value readable", func() bool { code, _ := f.get(t, path); return code == 200 })
+	sk.PublicKey = "public-two"
+	if _, err := other.Put(context.Background(), sk, driver.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "typed change visible", func() bool {
+		_, body := f.get(t, path)
+		return strings.Contains(body, "public-two")
+	})
+}
+
+// TestValueCacheReadYourWrites: writes through the proxy are visible to the
+// next GET at once, with no wait for the watch (its events are held back).
+func TestValueCacheReadYourWrites(t *testing.T) {
+	fs := newFaultStore(overlayStore(t))
+	f := startProxy(t, fs, nil)
+	cacheLive(t, f, secrets.KindRaw)
+	defer fs.hold()()
+	ct := f.admin(jsonCT, "application/json")
+	for i, v := range []string{"first-value", "second-value", "third-value"} {
+		if code, body := f.raw(t, "PUT", "/secrets/ryw", ct, simple(v)); code != 201 {
+			t.Fatalf("PUT %d: %d %q", i, code, body)
+		}
+		for range 2 { // the second GET is served from the cache
+			if code, body := f.get(t, "ryw"); code != 200 || !strings.Contains(body, `"`+v+`"`) {
+				t.Fatalf("GET after PUT %d: %d %q", i, code, body)
+			}
+		}
+		if code, _ := f.raw(t, "DELETE", "/secrets/ryw", f.admin(), ""); code != 204 {
+			t.Fatalf("DELETE %d: %d", i, code)
+		}
+		if code, body := f.get(t, "ryw"); code != 404 {
+			t.Fatalf("GET after DELETE %d: %d %q", i, code, body)
+		}
+	}
+}
+
+// TestValueCacheWatchBreak: when the watch breaks the cache is flushed and
+// not used (every GET reads the backend, so changes show at once) until the
+// watch is re-established; then it caches again.
+func TestValueCacheWatchBreak(t *testing.T) {
+	store, other := overlayPair(t)
+	fs := newFaultStore(store)
+	f := startProxy(t, fs, nil)
+	cacheLive(t, f, secrets.KindRaw)
+	putRaw(t, other, "wb", "before-break")
+	eventually(t, "GET fills the cache", func() bool {
+		f.get(t, "wb")
+		return f.srv.values.len() > 0
+	})
+
+	fs.breakAll(true)
+	eventually(t, "cache flushed after the watch broke", func() bool {
+		f.srv.values.mu.RLock()
+		defer f.srv.values.mu.RUnlock()
+		return !f.srv.values.live[secrets.KindRaw] && f.srv.values.len() == 0
+	})
+	// No watch, so no event: only an uncached read can see this.
+	putRaw(t, other, "wb", "during-break")
+	reads := fs.count(secrets.KindRaw)
+	for range 3 {
+		if code, body := f.get(t, "wb"); code != 200 || !strings.Contains(body, `"during-break"`) {
+			t.Fatalf("GET with the watch down: %d %q", code, body)
+		}
+	}
+	if n := fs.count(secrets.KindRaw) - reads; n != 3 {
+		t.Fatalf("with the watch down 3 GETs read the backend %d times, want 3", n)
+	}
+	if n := f.srv.values.len(); n != 0 {
+		t.Fatalf("%d entries cached while the watch was down", n)
+	}
+
+	fs.allow()
+	// Each kind's watch comes back on its own backoff, and each return
+	// flushes, so a fill can still be dropped until all are back.
+	eventually(t, "re-established watch: GET served from the cache", func() bool {
+		if code, body := f.get(t, "wb"); code != 200 || !strings.Contains(body, `"during-break"`) {
+			t.Fatalf("GET after re-watch: %d %q", code, body)
+		}
+		reads := fs.count(secrets.KindRaw)
+		f.get(t, "wb")
+		return fs.count(secrets.KindRaw) == reads
+	})
+}
+
+// TestValueCacheBounded: the cache never holds more than its bound.
+func TestValueCacheBounded(t *testing.T) {
+	c := newValueCache(3)
+	c.setLive(secrets.KindRaw, true)
+	for i := range 10 {
+		_, gen, _ := c.get(secrets.KindRaw, "k")
+		c.fill(secrets.KindRaw, string(rune('a'+i)), value("v"), gen)
+	}
+	if n := c.len(); n != 3 {
+		t.Fatalf("%d entries, want the bound 3", n)
+	}
+	// A fill that raced an invalidation is dropped.
+	_, gen, _ := c.get(secrets.KindRaw, "z")
+	c.invalidate(secrets.KindRaw, "other")
+	c.fill(secrets.KindRaw, "z", value("stale"), gen)
+	if _, _, ok := c.get(secrets.KindRaw, "z"); ok {
+		t.Fatal("a fill that raced an invalidation was cached")
+	}
+}
+
+// TestCredentialCache: authentication is served from the credential cache
+// (no backend read per request); a revocation made elsewhere (another
+// process on the same etcd) gives 401 promptly; a broken watch flushes the
+// cache and turns it off until the watch is back.
+func TestCredentialCache(t *testing.T) {
+	store, other := overlayPair(t)
+	fs := newFaultStore(store)
+	f := startProxy(t, fs, nil)
+	creds := f.srv.o.Credentials
+	eventually(t, "credential watch established", func() bool {
+		creds.mu.Lock()
+		defer creds.mu.Unlock()
+		return creds.live
+	})
+	ctx := context.Background()
+	key, err := creds.Create(ctx, "cached", Grant{Paths: []string{"/secrets"}, Verbs: []string{"list"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The watch event of the Create itself may still drop the first fill;
+	// after that, requests must not read the backend.
+	eventually(t, "authentication served from the cache", func() bool {
+		f.raw(t, "GET", "/secrets/", as("cached", key), "")
+		reads := fs.count(secrets.KindAPICredential)
+		for range 5 {
+			if code, _ := f.raw(t, "GET", "/secrets/", as("cached", key), ""); code != 200 {
+				t.Fatalf("GET: %d", code)
+			}
+		}
+		return fs.count(secrets.KindAPICredential) == reads
+	})
+
+	// Revoked by another process: only the watch can tell this proxy.
+	if err := NewCredentials(other).Revoke(ctx, "cached"); err != nil {
+		t.Fatal(err)
+	}
+	took := eventually(t, "external revocation", func() bool {
+		code, _ := f.raw(t, "GET", "/secrets/", as("cached", key), "")
+		return code == 401
+	})
+	t.Logf("external revocation effective after %v", took)
+
+	// Watch break: flushed, and every request reads the backend.
+	key2, err := creds.Create(ctx, "second", Grant{Paths: []string{"/secrets"}, Verbs: []string{"list"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.raw(t, "GET", "/secrets/", as("second", key2), "")
+	fs.breakAll(true)
+	eventually(t, "credential cache off after the watch broke", func() bool {
+		creds.mu.Lock()
+		defer creds.mu.Unlock()
+		return !creds.live && len(creds.cache) == 0
+	})
+	if err := NewCredentials(other).Revoke(ctx, "second"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 401 {
+		t.Fatalf("revoked while the watch was down: %d, want 401 at once", code)
+	}
+	fs.allow()
+	eventually(t, "credential watch re-established", func() bool {
+		creds.mu.Lock()
+		defer creds.mu.Unlock()
+		return creds.live
+	})
+	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 401 {
+		t.Fatalf("revoked credential after re-watch: %d, want 401", code)
+	}
+}
