@@ -25,6 +25,9 @@ type Config struct {
 	// Queues are the bare queue names to consume (without "StudioML.").
 	// The queue name selects the signing key and the response key.
 	Queues []string `yaml:"queues"`
+	// Discover adds the queues whose names match patterns, found through
+	// RabbitMQ's management API while the runner runs (see Discover).
+	Discover *Discover `yaml:"discover"`
 	// DeadLetter, when set, makes sealrun declare a dead-letter exchange and
 	// one dead-letter queue per consumed queue, and declare the consumed
 	// queues with it. Without it, rejected messages go wherever the queue's
@@ -74,7 +77,15 @@ type AMQP struct {
 	// (defaults 500ms and 30s).
 	ReconnectMin time.Duration `yaml:"reconnect_min"`
 	ReconnectMax time.Duration `yaml:"reconnect_max"`
-	TLS          *TLS          `yaml:"tls"`
+	// ConsumerTimeout is the broker's consumer_timeout for the consumed
+	// queues (default 30m, RabbitMQ's default). A delivery still unsettled
+	// after half of it (a long job, or a copy waiting for one) is handed
+	// back to the broker, so the broker never closes the channel over it;
+	// the job goes on under its JobRecord claim and the copy that comes
+	// back is acked when it is answered (docs/runner.md). Negative
+	// disables the hand-back.
+	ConsumerTimeout time.Duration `yaml:"consumer_timeout"`
+	TLS             *TLS          `yaml:"tls"`
 }
 
 // TLS configures amqps:// connections.
@@ -139,13 +150,8 @@ type ExecutorConfig struct {
 	Env []string `yaml:"env"`
 	// Timeout bounds one job (default 1h).
 	//
-	// A message is acknowledged only when its job is recorded finished, so
-	// the broker's consumer_timeout (rabbitmq.conf, default 30 min on 3.10;
-	// per queue with x-consumer-timeout on 3.12+) must exceed Timeout, or
-	// the broker closes the channel under a long job. If it does, the
-	// message is redelivered; a redelivery to this runner waits for the
-	// running job and is then acked as finished, but a redelivery to another
-	// runner would take the unfinished job over and run it again.
+	// A job may outlive RabbitMQ's consumer_timeout: see
+	// AMQP.ConsumerTimeout and docs/runner.md.
 	Timeout time.Duration `yaml:"timeout"`
 	// OutputLimit caps the captured output in bytes (default 64 KiB); the
 	// rest is discarded and the report says so.
@@ -218,6 +224,9 @@ func (c *Config) setDefaults() {
 	if a.ReconnectMax <= 0 {
 		a.ReconnectMax = 30 * time.Second
 	}
+	if a.ConsumerTimeout == 0 {
+		a.ConsumerTimeout = 30 * time.Minute
+	}
 	if d := c.DeadLetter; d != nil {
 		if d.Exchange == "" {
 			d.Exchange = "sealrun.dlx"
@@ -248,6 +257,9 @@ func (c *Config) setDefaults() {
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 10 * time.Second
 	}
+	if d := c.Discover; d != nil && d.Interval <= 0 {
+		d.Interval = 30 * time.Second
+	}
 }
 
 // Validate checks the configuration for consistency.
@@ -262,8 +274,13 @@ func (c *Config) Validate() error {
 			return errors.New("amqp.url: not an amqp:// or amqps:// URL")
 		}
 	}
-	if len(c.Queues) == 0 {
-		return errors.New("queues: list at least one queue to consume")
+	if len(c.Queues) == 0 && c.Discover == nil {
+		return errors.New("queues: list at least one queue to consume, or set discover.patterns")
+	}
+	if c.Discover != nil {
+		if err := c.Discover.validate(); err != nil {
+			return err
+		}
 	}
 	seen := map[string]bool{}
 	for _, q := range c.Queues {

@@ -24,20 +24,31 @@ func TestDecodeConfig(t *testing.T) {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 	cases := map[string]string{
-		"unknown field":   minimalConfig + "bogus: 1\n",
-		"nested unknown":  strings.Replace(minimalConfig, "source: dir", "source: dir, nope: 1", 1),
-		"no queues":       strings.Replace(minimalConfig, "[rmq_cpu_x]", "[]", 1),
-		"routing prefix":  strings.Replace(minimalConfig, "[rmq_cpu_x]", "[StudioML.rmq_cpu_x]", 1),
-		"bad url":         strings.Replace(minimalConfig, "amqp://", "http://", 1),
-		"no key source":   strings.Replace(minimalConfig, "source: dir, ", "", 1),
-		"bad template":    strings.Replace(minimalConfig, "/bin/true", "'{{.Nope'", 1),
-		"storage unknown": minimalConfig + "storage: {state: {backend: memory, x: 1}}\n",
-		"empty":           "",
+		"unknown field":        minimalConfig + "bogus: 1\n",
+		"nested unknown":       strings.Replace(minimalConfig, "source: dir", "source: dir, nope: 1", 1),
+		"no queues":            strings.Replace(minimalConfig, "[rmq_cpu_x]", "[]", 1),
+		"routing prefix":       strings.Replace(minimalConfig, "[rmq_cpu_x]", "[StudioML.rmq_cpu_x]", 1),
+		"bad url":              strings.Replace(minimalConfig, "amqp://", "http://", 1),
+		"no key source":        strings.Replace(minimalConfig, "source: dir, ", "", 1),
+		"bad template":         strings.Replace(minimalConfig, "/bin/true", "'{{.Nope'", 1),
+		"storage unknown":      minimalConfig + "storage: {state: {backend: memory, x: 1}}\n",
+		"empty":                "",
+		"discover no patterns": minimalConfig + "discover: {management_url: 'http://127.0.0.1:15672'}\n",
+		"discover bad pattern": minimalConfig + "discover: {management_url: 'http://127.0.0.1:15672', patterns: ['(']}\n",
+		"discover bad url":     minimalConfig + "discover: {management_url: 'amqp://x', patterns: [a]}\n",
+		"discover password":    minimalConfig + "discover: {management_url: 'http://u:p@x:1', patterns: [a]}\n",
+		"discover unknown":     minimalConfig + "discover: {management_url: 'http://x:1', patterns: [a], nope: 1}\n",
 	}
 	for name, doc := range cases {
 		if _, err := DecodeConfig(strings.NewReader(doc)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+	// Discovery alone is enough to have queues.
+	d, err := DecodeConfig(strings.NewReader(strings.Replace(minimalConfig, "[rmq_cpu_x]", "[]", 1) +
+		"discover: {management_url: 'http://127.0.0.1:15672', patterns: ['rmq_cpu_.*']}\n"))
+	if err != nil || d.Discover.Interval != 30*time.Second {
+		t.Fatalf("discover-only config: %v", err)
 	}
 	_, err = DecodeConfig(strings.NewReader(minimalConfig + "bogus: 1\n"))
 	if !strings.Contains(err.Error(), "bogus") {

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"log/slog"
 	"regexp"
+	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/secrets"
 )
 
 // finishTimeout bounds the bookkeeping after a job ran; it is detached from
@@ -22,11 +24,32 @@ const finishTimeout = 15 * time.Second
 // reject without requeue (permanent), or requeue (transient or shutdown).
 // It never returns with the delivery unsettled, except when the channel is
 // gone, in which case the broker requeues it.
+//
+// A message runs at most once while its runner lives: the JobRecord claim
+// belongs to this process and is renewed while the job runs, so a copy of
+// the message delivered anywhere meanwhile (broker restart, channel lost,
+// consumer timeout) waits for the claim instead of running. A job whose
+// channel died under it still finishes, is recorded, is answered on the
+// current session and records that; the redelivery is then only acked.
 func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.Delivery) {
 	log := r.log.With("queue", queue, "delivery_tag", d.DeliveryTag, "redelivered", d.Redelivered)
+	handedBack, settled := r.holdDelivery(log, &d)
+	defer settled()
 	if err := r.gate.wait(ctx); err != nil {
 		r.requeue(log, d, "", outcomeShutdown, err)
 		return
+	}
+	if d.Redelivered {
+		// A redelivery of a message rejected before: the broker lost the
+		// reject. Reject it again (so it reaches the dead-letter queue)
+		// without verifying or logging it a second time.
+		if why, err := r.jobs.Rejected(ctx, d.Body); err == nil && why != "" {
+			if nerr := d.Nack(false, false); nerr == nil {
+				r.m.messages.WithLabelValues(outcomeRejected, suiteLabel(nil, d.Body), why).Inc()
+				log.Debug("redelivered message rejected again", "reason", why)
+			}
+			return
+		}
 	}
 	op := r.opener.Load()
 	t0 := time.Now()
@@ -38,7 +61,7 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 		case ctx.Err() != nil:
 			r.requeue(log, d, suite, outcomeShutdown, err)
 		case envelope.Permanent(err) && !(keyDependent(err) && !r.keysOK.Load()):
-			r.reject(log, d, suite, err)
+			r.reject(ctx, log, queue, d, suite, err)
 		default:
 			// The key source is down, so a missing key may just not have
 			// reached us yet: wait for it rather than reject.
@@ -51,74 +74,256 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 	}
 	id := messageID(opened, &d)
 	log = log.With("message_id", id, "suite", suite)
-	// A redelivery of a message this process still runs (the connection was
-	// lost under it) waits for that run instead of starting another.
-	done, first := r.inflight.enter(id)
-	for !first {
-		select {
-		case <-done:
-		case <-ctx.Done():
-			r.requeue(log, d, suite, outcomeShutdown, ctx.Err())
-			return
-		}
-		done, first = r.inflight.enter(id)
-	}
-	defer r.inflight.leave(id)
-
-	now := time.Now().UTC()
-	cl, rev, err := r.jobs.Claim(ctx, queue, id, d.Redelivered, now)
-	if err != nil {
-		if errors.Is(err, errDuplicate) {
-			r.reject(log, d, suite, err)
-		} else if ctx.Err() != nil {
-			r.requeue(log, d, suite, outcomeShutdown, err)
-		} else {
-			r.transient(ctx, log, d, suite, err)
-		}
+	cl, c, ok := r.claim(ctx, log, queue, id, d, suite, handedBack)
+	if !ok {
 		return
 	}
+	defer r.inflight.leave(id)
 	if cl == claimFinished {
 		if err := d.Ack(false); err != nil {
-			log.Warn("ack of an already finished message failed; it will come back and be acked then", "error", err)
+			log.Warn("ack of an already answered message failed; it will come back and be acked then", "error", err)
 			return
 		}
-		log.Info("message already finished; acknowledged without running it again")
+		log.Info("message already run and answered; acknowledged without running it again")
 		r.m.messages.WithLabelValues(outcomeDuplicate, suite, "").Inc()
 		return
 	}
-	if cl == claimTakeover {
-		log.Info("taking over an unfinished run of a redelivered message")
-	}
+	// The claim stays ours while we run and answer.
+	kctx, stopKeep := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopKeep()
+	go c.KeepAlive(kctx, func(err error) { log.Warn("renewing the job claim failed", "error", err) })
+
 	job := Job{Queue: queue, ID: id, Suite: opened.Suite, Request: opened.Request}
-	res, err := r.exec.Run(ctx, job)
-	if err != nil {
-		if ctx.Err() != nil {
-			// Killed by shutdown: the JobRecord stays "running", and the
-			// redelivery takes it over.
-			r.requeue(log, d, suite, outcomeShutdown, err)
-		} else {
-			r.transient(ctx, log, d, suite, err)
+	var res *Result
+	if cl == claimRespond {
+		// Its runner died (or gave up) after recording the outcome: answer from the
+		// record (exit status; the output was never stored).
+		rec := c.Record()
+		res = resultFromRecord(&rec)
+		log.Info("answering a finished job whose response was never recorded (its runner died or gave up)")
+	} else {
+		if cl == claimTakeover {
+			log.Info("taking over an unfinished run whose runner is gone")
 		}
+		res, err = r.exec.Run(ctx, job)
+		if err != nil {
+			r.release(ctx, log, c)
+			if ctx.Err() != nil {
+				// Killed by shutdown: the JobRecord stays "running",
+				// released, and the redelivery takes it over at once.
+				r.requeue(log, d, suite, outcomeShutdown, err)
+			} else {
+				r.transient(ctx, log, d, suite, err)
+			}
+			return
+		}
+		r.m.job.Observe(res.Duration.Seconds())
+		if err := r.durably(ctx, log, "record the job finished", c.Finish, res); err != nil {
+			r.lost(ctx, log, d, suite, c, err)
+			return
+		}
+	}
+	respID, err := r.respond(ctx, p, log, job, res)
+	if err != nil {
+		r.lost(ctx, log, d, suite, c, err)
 		return
 	}
-	r.m.job.Observe(res.Duration.Seconds())
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
-	defer cancel()
-	if err := r.respond(fctx, p, job, res); err != nil {
-		r.transient(ctx, log, d, suite, err)
+	if err := r.durably(ctx, log, "record the response", func(ctx context.Context, _ *Result) error {
+		return c.Responded(ctx, respID)
+	}, nil); err != nil {
+		r.lost(ctx, log, d, suite, c, err)
 		return
 	}
-	if err := r.jobs.Finish(fctx, queue, id, rev, now, now, res.ExitStatus); err != nil {
-		r.transient(ctx, log, d, suite, err)
-		return
-	}
+	stopKeep()
 	if err := d.Ack(false); err != nil {
-		// The outcome is durable; the redelivery will be acked as a duplicate.
-		log.Warn("ack failed after the job was recorded finished", "error", err)
+		// The outcome and the response are durable; the redelivery (if the
+		// delivery was handed back or its channel died) is acked then.
+		log.Debug("ack after the job was answered did not go through", "error", err)
 	}
 	r.gate.ok()
 	r.m.messages.WithLabelValues(outcomeDone, suite, "").Inc()
-	log.Info("job finished", "exit_status", res.ExitStatus, "timed_out", res.TimedOut, "duration", res.Duration)
+	log.Info("job finished", "exit_status", res.ExitStatus, "timed_out", res.TimedOut, "duration", res.Duration,
+		"response_id", respID)
+}
+
+// claimPoll is how often a copy waiting for another runner's claim reads
+// the JobRecord again.
+const claimPoll = 500 * time.Millisecond
+
+// claim takes the message's JobRecord for this process, waiting while a
+// live runner (this process included) holds it. ok false means the
+// delivery was settled (requeued, or handed back while waiting).
+func (r *Runner) claim(ctx context.Context, log *slog.Logger, queue, id string, d amqp.Delivery, suite string,
+	handedBack <-chan struct{}) (claim, *Claim, bool) {
+	waiting := false
+	for {
+		// A copy of a message this process runs waits for that run.
+		done, first := r.inflight.enter(id)
+		if first {
+			take := r.jobs.Claim
+			if waiting {
+				take = r.jobs.Reclaim
+			}
+			cl, c, err := take(ctx, queue, id, time.Now().UTC())
+			if err == nil && cl != claimBusy {
+				return cl, c, true
+			}
+			r.inflight.leave(id)
+			if err != nil {
+				if ctx.Err() != nil {
+					r.requeue(log, d, suite, outcomeShutdown, err)
+				} else {
+					r.transient(ctx, log, d, suite, err)
+				}
+				return 0, nil, false
+			}
+			done = nil
+		}
+		if !waiting {
+			waiting = true
+			log.Info("a live runner holds this message's claim; waiting for it instead of running it again")
+		}
+		poll := time.NewTimer(claimPoll)
+		select {
+		case <-done:
+		case <-poll.C:
+		case <-handedBack:
+			// The delivery went back to the broker; a copy comes back.
+			poll.Stop()
+			return 0, nil, false
+		case <-ctx.Done():
+			poll.Stop()
+			r.requeue(log, d, suite, outcomeShutdown, ctx.Err())
+			return 0, nil, false
+		}
+		poll.Stop()
+	}
+}
+
+// holdDelivery makes d settle at most once, and hands it back to the broker
+// (requeue) before the broker's consumer_timeout would close the whole
+// channel over it. The job goes on under its claim; the copy that comes
+// back waits for it. The returned channel closes when d was handed back;
+// done must be called when the handler returns, so a stale delivery tag is
+// never settled later.
+func (r *Runner) holdDelivery(log *slog.Logger, d *amqp.Delivery) (handedBack <-chan struct{}, done func()) {
+	once := &settleOnce{Acknowledger: d.Acknowledger}
+	d.Acknowledger = once
+	back := make(chan struct{})
+	after := r.cfg.AMQP.ConsumerTimeout / 2
+	if after <= 0 || once.Acknowledger == nil {
+		return back, func() { once.take() }
+	}
+	tag := d.DeliveryTag
+	t := time.AfterFunc(after, func() {
+		if err := once.Nack(tag, false, true); err == nil {
+			r.m.messages.WithLabelValues(outcomeHandedBack, "", "").Inc()
+			log.Info("handed the delivery back before the broker's consumer timeout; the job claim keeps it from running twice",
+				"consumer_timeout", r.cfg.AMQP.ConsumerTimeout)
+		}
+		close(back)
+	})
+	once.mu.Lock()
+	once.stop = func() { t.Stop() }
+	once.mu.Unlock()
+	return back, func() { once.take() }
+}
+
+// errSettled: the delivery was already acked, rejected or handed back.
+var errSettled = errors.New("delivery already settled")
+
+// settleOnce lets the first ack, nack or reject of a delivery through.
+type settleOnce struct {
+	amqp.Acknowledger
+	mu      sync.Mutex
+	settled bool
+	stop    func() // stops the hand-back timer
+}
+
+func (s *settleOnce) take() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.settled {
+		return false
+	}
+	s.settled = true
+	if s.stop != nil {
+		s.stop()
+	}
+	return true
+}
+
+func (s *settleOnce) Ack(tag uint64, multiple bool) error {
+	if !s.take() {
+		return errSettled
+	}
+	return s.Acknowledger.Ack(tag, multiple)
+}
+
+func (s *settleOnce) Nack(tag uint64, multiple, requeue bool) error {
+	if !s.take() {
+		return errSettled
+	}
+	return s.Acknowledger.Nack(tag, multiple, requeue)
+}
+
+func (s *settleOnce) Reject(tag uint64, requeue bool) error {
+	if !s.take() {
+		return errSettled
+	}
+	return s.Acknowledger.Reject(tag, requeue)
+}
+
+// durably retries a JobRecord write until it succeeds, the claim is lost,
+// or shutdown ends the job (ctx) and finishTimeout has passed: giving up
+// early would leave a run that happened looking unfinished.
+func (r *Runner) durably(ctx context.Context, log *slog.Logger, what string, write func(context.Context, *Result) error, res *Result) error {
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+		err := write(wctx, res)
+		cancel()
+		if err == nil || errors.Is(err, errClaimLost) {
+			return err
+		}
+		if ctx.Err() != nil && time.Since(start) > finishTimeout {
+			return err
+		}
+		d := backoff(attempt, 200*time.Millisecond, 5*time.Second)
+		log.Warn("could not "+what+"; retrying", "error", err, "retry_in", d)
+		time.Sleep(d)
+	}
+}
+
+// lost settles a delivery whose outcome could not be recorded: the claim
+// was taken over (the other runner answers), or shutdown came first (the
+// claim is released so the redelivery is handled at once).
+func (r *Runner) lost(ctx context.Context, log *slog.Logger, d amqp.Delivery, suite string, c *Claim, err error) {
+	if errors.Is(err, errClaimLost) {
+		log.Error("job claim taken over by another runner while this one ran it; leaving the outcome to it", "error", err)
+	} else {
+		r.release(ctx, log, c)
+	}
+	r.requeue(log, d, suite, outcomeRequeued, err)
+}
+
+// release gives up an unfinished claim so a redelivery need not wait for
+// its lease to expire.
+func (r *Runner) release(ctx context.Context, log *slog.Logger, c *Claim) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	if err := c.Release(rctx); err != nil {
+		log.Warn("releasing the job claim failed; a redelivery waits for its lease to expire", "error", err)
+	}
+}
+
+// resultFromRecord is the outcome a JobRecord holds (no output).
+func resultFromRecord(rec *secrets.JobRecord) *Result {
+	res := &Result{TimedOut: rec.TimedOut, Duration: rec.Finished.Sub(rec.Started)}
+	if rec.ExitStatus != nil {
+		res.ExitStatus = *rec.ExitStatus
+	}
+	return res
 }
 
 // keyDependent errors may be cured by a key the runner has not loaded yet.
@@ -128,14 +333,28 @@ func keyDependent(err error) bool {
 }
 
 // reject settles a message that can never succeed: nack without requeue, so
-// it goes to the queue's dead-letter exchange (if any) and never loops.
-func (r *Runner) reject(log *slog.Logger, d amqp.Delivery, suite string, err error) {
+// it goes to the queue's dead-letter exchange (if any) and never loops. The
+// rejection is recorded first (by body hash, reason code only), so a copy
+// the broker gives back is rejected again without a second verification
+// or log line.
+func (r *Runner) reject(ctx context.Context, log *slog.Logger, queue string, d amqp.Delivery, suite string, err error) {
 	reason := reasonLabel(err)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	first, rerr := r.jobs.Reject(rctx, queue, d.Body, reason, time.Now().UTC())
+	cancel()
+	if rerr != nil {
+		// Still reject: the record only saves work on a redelivery.
+		log.Warn("could not record the rejection", "error", rerr)
+	}
 	if nerr := d.Nack(false, false); nerr != nil {
 		log.Warn("reject failed; the broker will redeliver the message", "error", nerr)
 		return
 	}
 	r.m.messages.WithLabelValues(outcomeRejected, suite, reason).Inc()
+	if !first {
+		log.Debug("message rejected again (the broker had given it back)", "reason", reason)
+		return
+	}
 	// Envelope errors name queues, prefixes and fingerprints, never keys.
 	log.Warn("message rejected without requeue", "suite", suite, "reason", reason, "error", err)
 }

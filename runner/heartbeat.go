@@ -29,7 +29,7 @@ func (r *Runner) heartbeat(ctx context.Context) {
 	for {
 		if r.cfg.Heartbeat > 0 {
 			rec := &secrets.RunnerRecord{ID: r.cfg.RunnerID, Host: host, Version: r.version,
-				Queues: r.cfg.Queues, LastHeartbeat: time.Now().UTC()}
+				Queues: r.queues.all(), LastHeartbeat: time.Now().UTC(), Instance: r.jobs.Owner}
 			if _, err := r.store.Put(ctx, rec, driver.PutOptions{}); err != nil && ctx.Err() == nil {
 				r.log.Warn("runner heartbeat failed", "error", err)
 			}

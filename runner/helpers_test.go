@@ -139,6 +139,8 @@ type harnessOpt struct {
 	// memoryState keeps JobRecords in memory instead of etcd (benchmarks
 	// only: it shows what etcd costs).
 	memoryState bool
+	// keyFiles are written to the key directory too (path → content).
+	keyFiles map[string][]byte
 }
 
 func newHarness(t testing.TB, o harnessOpt) *harness {
@@ -150,6 +152,9 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 		o.signing = []string{fixPrefix}
 	}
 	writeKeyDirWith(t, h.keyDir, o.msgKey, o.signing...)
+	for name, data := range o.keyFiles {
+		writeFile(t, filepath.Join(h.keyDir, name), data)
+	}
 	var state driver.Driver = memory.New()
 	if !o.memoryState {
 		state = etcd.New(testenv.Etcd(t), "/sealrun/state/")
@@ -198,6 +203,40 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 		t.Fatal("runner not consuming after 30s")
 	}
 	return h
+}
+
+// addRunner starts another Runner on the harness's vhost, queues, keys,
+// executor type and state store, as a second runner process would be (its
+// own connection, channels and JobRecord batching). It stops when the test
+// ends.
+func (h *harness) addRunner() *Runner {
+	h.t.Helper()
+	cfg := *h.cfg
+	cfg.RunnerID += "-2"
+	r, err := New(Options{Config: &cfg, Keys: &DirKeySource{Dir: h.keyDir, Poll: 100 * time.Millisecond},
+		Store: h.store, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	h.t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			h.t.Error("second runner did not stop within 60s")
+		}
+	})
+	select {
+	case <-r.Ready():
+	case err := <-done:
+		h.t.Fatalf("second runner ended before consuming: %v", err)
+	case <-time.After(30 * time.Second):
+		h.t.Fatal("second runner not consuming after 30s")
+	}
+	return r
 }
 
 // stop cancels the runner and waits for Run to return.

@@ -34,12 +34,12 @@ func BenchmarkJobsClaimFinish(b *testing.B) {
 				}
 				id := fmt.Sprintf("m%d", i)
 				now := time.Now()
-				_, rev, err := j.Claim(b.Context(), "q", id, false, now)
+				_, c, err := j.Claim(b.Context(), "q", id, now)
 				if err != nil {
 					b.Error(err)
 					return
 				}
-				if err := j.Finish(b.Context(), "q", id, rev, now, now, 0); err != nil {
+				if err := finishJob(b.Context(), c, 0); err != nil {
 					b.Error(err)
 					return
 				}

@@ -1,45 +1,110 @@
 package runner
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
 
 	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/driver"
 	"github.com/sealrun/sealrun/storage/etcd"
 	"github.com/sealrun/sealrun/storage/memory"
 )
 
+// finishJob records a claimed job as run (exit status exit) and answered.
+func finishJob(ctx context.Context, c *Claim, exit int) error {
+	if err := c.Finish(ctx, &Result{ExitStatus: exit}); err != nil {
+		return err
+	}
+	return c.Responded(ctx, "")
+}
+
+// TestJobsClaim: a claim belongs to its live owner; another runner's copy
+// waits (busy) instead of running, takes over only once the owner's lease
+// expired or it released the claim, and a taken-over owner cannot record.
 func TestJobsClaim(t *testing.T) {
 	st, err := storage.New(memory.New(), etcd.New(testenv.Etcd(t), "/s/"), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	j := &Jobs{Store: st}
+	a := &Jobs{Store: st, Owner: "a", Lease: time.Second}
+	b := &Jobs{Store: st, Owner: "b", Lease: time.Second}
 	ctx, now := t.Context(), time.Now()
-	cl, rev, err := j.Claim(ctx, "q", "m1", false, now)
+	cl, ca, err := a.Claim(ctx, "q", "m1", now)
 	if err != nil || cl != claimNew {
 		t.Fatalf("first claim: %v %v", cl, err)
 	}
-	// A second copy that is not a redelivery while the first runs: a replay.
-	if _, _, err := j.Claim(ctx, "q", "m1", false, now); !errors.Is(err, errDuplicate) {
-		t.Fatalf("copy while running: %v, want errDuplicate", err)
+	// Another runner's copy (redelivered or not) while the owner lives.
+	if cl, _, err := b.Claim(ctx, "q", "m1", now); err != nil || cl != claimBusy {
+		t.Fatalf("copy while the owner runs it: %v %v, want busy", cl, err)
 	}
-	// A redelivery of an unfinished run is taken over, not called a replay.
-	cl, rev2, err := j.Claim(ctx, "q", "m1", true, now)
-	if err != nil || cl != claimTakeover || rev2 == rev {
-		t.Fatalf("redelivery: %v %v", cl, err)
-	}
-	if err := j.Finish(ctx, "q", "m1", rev, now, now, 0); err == nil {
-		t.Fatal("finish with the superseded revision succeeded")
-	}
-	if err := j.Finish(ctx, "q", "m1", rev2, now, now, 0); err != nil {
+	// A write of ours that landed although its answer was lost leaves a
+	// stale revision: the record still names us, so the claim is kept.
+	landed := ca.Record()
+	if _, err := st.Put(ctx, &landed, driver.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, redelivered := range []bool{false, true} {
-		if cl, _, err := j.Claim(ctx, "q", "m1", redelivered, now); err != nil || cl != claimFinished {
-			t.Fatalf("after finish (redelivered=%v): %v %v", redelivered, cl, err)
+	// Renewals keep it busy past the first lease.
+	if err := ca.Renew(ctx); err != nil {
+		t.Fatalf("renew after an in-doubt write: %v", err)
+	}
+	if cl, _, _ := b.Claim(ctx, "q", "m1", time.Now().Add(900*time.Millisecond)); cl != claimBusy {
+		t.Fatalf("renewed claim: %v, want busy", cl)
+	}
+	// The owner dies: after its lease, the claim is taken over.
+	cl, cb, err := b.Claim(ctx, "q", "m1", time.Now().Add(2*time.Second))
+	if err != nil || cl != claimTakeover {
+		t.Fatalf("after the lease: %v %v, want takeover", cl, err)
+	}
+	if err := ca.Finish(ctx, &Result{}); !errors.Is(err, errClaimLost) {
+		t.Fatalf("finish by the superseded owner: %v, want errClaimLost", err)
+	}
+	if err := cb.Finish(ctx, &Result{ExitStatus: 3, TimedOut: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Finished, response not recorded: busy while b lives...
+	if cl, _, _ := a.Claim(ctx, "q", "m1", time.Now()); cl != claimBusy {
+		t.Fatalf("finished, owner alive: %v, want busy", cl)
+	}
+	// ...and once b released it, the response is due from the record.
+	if err := cb.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl, ca, err = a.Claim(ctx, "q", "m1", time.Now())
+	if err != nil || cl != claimRespond {
+		t.Fatalf("finished, owner gone: %v %v, want respond", cl, err)
+	}
+	if rec := ca.Record(); rec.ExitStatus == nil || *rec.ExitStatus != 3 || !rec.TimedOut || rec.Owner != "a" {
+		t.Fatalf("record to respond from: %+v", rec)
+	}
+	if err := ca.Responded(ctx, "response-m1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range []*Jobs{a, b} {
+		if cl, _, err := j.Claim(ctx, "q", "m1", time.Now()); err != nil || cl != claimFinished {
+			t.Fatalf("after the response (%s): %v %v", j.Owner, cl, err)
 		}
+	}
+	rec := &secrets.JobRecord{MessageID: "m1"}
+	if _, err := st.Get(ctx, rec); err != nil || rec.ResponseID != "response-m1" || rec.Responded.IsZero() {
+		t.Fatalf("final record %+v: %v", rec, err)
+	}
+
+	// Rejections are recorded once, by body hash, with a reason code.
+	body := []byte("not a message")
+	if first, err := a.Reject(ctx, "q", body, "malformed", now); err != nil || !first {
+		t.Fatalf("first reject: %v %v", first, err)
+	}
+	if first, err := b.Reject(ctx, "q", body, "malformed", now); err != nil || first {
+		t.Fatalf("second reject: first=%v %v", first, err)
+	}
+	if why, err := b.Rejected(ctx, body); err != nil || why != "malformed" {
+		t.Fatalf("Rejected: %q %v", why, err)
+	}
+	if why, err := b.Rejected(ctx, []byte("other")); err != nil || why != "" {
+		t.Fatalf("Rejected of an unknown body: %q %v", why, err)
 	}
 }

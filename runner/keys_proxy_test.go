@@ -29,19 +29,27 @@ type keyProxy struct {
 
 func startKeyProxy(t testing.TB) *keyProxy {
 	t.Helper()
-	fixtures(t)
-	cli := testenv.Etcd(t)
 	raw := make([]byte, overlay.KeySize)
 	rand.Read(raw)
 	k, _ := overlay.NewKey("k1", raw)
 	ring, _ := overlay.NewKeyRing(k)
-	store, err := storage.New(overlay.New(etcd.New(cli, "/sealrun/secrets/"), ring, overlay.Pinning),
-		etcd.New(cli, "/sealrun/state/"), storage.Options{Registry: proxy.Registry()})
+	// The overlay's watch is exact, so the proxy caches values as it does
+	// by default in production.
+	return startKeyProxyOn(t, overlay.New(etcd.New(testenv.Etcd(t), "/sealrun/secrets/"), ring, overlay.Pinning),
+		func(o *proxy.Options) { o.ValueCache = 1000 })
+}
+
+// startKeyProxyOn is startKeyProxy with the given secret backend (plain
+// state stays on the embedded etcd).
+func startKeyProxyOn(t testing.TB, secretBackend driver.Driver, opts ...func(*proxy.Options)) *keyProxy {
+	t.Helper()
+	fixtures(t)
+	store, err := storage.New(secretBackend, etcd.New(testenv.Etcd(t), "/sealrun/state/"), storage.Options{Registry: proxy.Registry()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	srv := proxytest.Start(t, store, "runner-1", proxy.Grant{Paths: []string{"/secrets/sealrun/"}, Verbs: []string{"get", "list", "watch"}})
+	srv := proxytest.Start(t, store, "runner-1", proxy.Grant{Paths: []string{"/secrets/sealrun/"}, Verbs: []string{"get", "list", "watch"}}, opts...)
 	p := &keyProxy{store: store, sock: srv.Socket, srv: srv}
 	if p.client, err = client.New(client.Config{Socket: p.sock, ID: srv.ID, Key: srv.Key, Retries: 2, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,9 @@ const (
 	outcomeRejected  = "rejected"  // permanent failure: nacked without requeue
 	outcomeRequeued  = "requeued"  // transient failure: given back with backoff
 	outcomeShutdown  = "shutdown"  // stopped by shutdown: given back
+	// handed_back: given back before the broker's consumer timeout while its
+	// job (or the claim it waits for) goes on; the copy is settled later.
+	outcomeHandedBack = "handed_back"
 )
 
 // metrics are the runner's collectors, on a private registry so tests and

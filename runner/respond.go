@@ -118,11 +118,12 @@ func (p *publisher) responseQueue(queue string) (bool, error) {
 	return true, nil
 }
 
-// publish sends one sealed response and waits for the broker's confirm.
-func (p *publisher) publish(ctx context.Context, queue, body string) error {
+// publish sends one sealed response under messageID and waits for the
+// broker's confirm.
+func (p *publisher) publish(ctx context.Context, queue, messageID, body string) error {
 	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, p.cfg.AMQP.Exchange, envelope.ResponseRoutingKey(queue),
 		true, false, amqp.Publishing{ContentType: "text/plain", DeliveryMode: amqp.Persistent, Timestamp: time.Now(),
-			Body: []byte(body)})
+			MessageId: messageID, Body: []byte(body)})
 	if err != nil {
 		return fmt.Errorf("publish response for %s: %w", queue, err)
 	}
@@ -135,6 +136,59 @@ func (p *publisher) publish(ctx context.Context, queue, body string) error {
 	}
 	return nil
 }
+
+// publishers hands the current session's publisher to handlers whose own
+// session ended while their job ran. The zero value is ready.
+type publishers struct {
+	mu      sync.Mutex
+	cur     *publisher
+	changed chan struct{} // closed and replaced when cur is set
+}
+
+func (s *publishers) set(p *publisher) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cur = p
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
+}
+
+func (s *publishers) unset(p *publisher) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == p {
+		s.cur = nil
+	}
+}
+
+// wait returns the current publisher, waiting for a session to have one.
+func (s *publishers) wait(ctx context.Context) (*publisher, error) {
+	for {
+		s.mu.Lock()
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		p, changed := s.cur, s.changed
+		s.mu.Unlock()
+		if p != nil && !p.ch.IsClosed() {
+			return p, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// ResponseMessageID is the AMQP message id of the response to job id: the
+// same for every publish of it, so a consumer drops a copy the runner
+// published again because the broker's confirm was lost (AMQP publishing
+// is at-least-once).
+func ResponseMessageID(jobID string) string { return "response-" + jobID }
 
 // jobSummary is the Progress JSON a response carries.
 type jobSummary struct {
@@ -176,32 +230,69 @@ func experimentID(req []byte) string {
 	return r.Experiment.Key
 }
 
-// respond seals and publishes the job's report to <queue>_response, when
-// that queue exists and a response key matches it. Only broker failures are
-// errors (transient).
-func (r *Runner) respond(ctx context.Context, p *publisher, job Job, res *Result) error {
+// respond seals the job's report once and publishes it to <queue>_response
+// under ResponseMessageID, when that queue exists and a response key matches
+// it. Broker failures are retried on whichever session is current until
+// the broker confirms, so a job whose connection died under it is still
+// answered; every retry publishes the same body. It gives up only when
+// shutdown ended ctx and finishTimeout has passed. It returns the response's
+// message id, or "" when no response was due.
+func (r *Runner) respond(ctx context.Context, p *publisher, log *slog.Logger, job Job, res *Result) (string, error) {
 	keys := r.respKeys.Load()
 	if keys == nil {
 		r.m.responses.WithLabelValues("no_key").Inc()
-		return nil
+		return "", nil
 	}
 	if _, _, ok := keys.Lookup(envelope.ResponseQueue(job.Queue)); !ok {
 		r.m.responses.WithLabelValues("no_key").Inc()
-		return nil
+		return "", nil
 	}
-	ok, err := p.responseQueue(job.Queue)
+	body, err := envelope.SealResponse(keys, job.Queue, r.report(job, res))
+	if err != nil {
+		return "", fmt.Errorf("seal response: %w", err)
+	}
+	id := ResponseMessageID(job.ID)
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		err := r.publishResponse(ctx, p, job.Queue, id, body)
+		if err == nil {
+			return id, nil
+		}
+		if errors.Is(err, errNoResponseQueue) {
+			return "", nil
+		}
+		if ctx.Err() != nil && time.Since(start) > finishTimeout {
+			return "", err
+		}
+		p = nil // the session may be gone: use the current one
+		d := backoff(attempt, 200*time.Millisecond, 5*time.Second)
+		log.Warn("publishing the response failed; retrying on the current broker session", "error", err, "retry_in", d)
+		time.Sleep(d)
+	}
+}
+
+var errNoResponseQueue = errors.New("no response queue")
+
+// publishResponse is one attempt of respond, on p or the current session's
+// publisher.
+func (r *Runner) publishResponse(ctx context.Context, p *publisher, queue, id, body string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	if p == nil || p.ch.IsClosed() {
+		var err error
+		if p, err = r.pubs.wait(ctx); err != nil {
+			return fmt.Errorf("no broker session to publish the response on: %w", err)
+		}
+	}
+	ok, err := p.responseQueue(queue)
 	if err != nil {
 		return err
 	}
 	if !ok {
 		r.m.responses.WithLabelValues("no_queue").Inc()
-		return nil
+		return errNoResponseQueue
 	}
-	body, err := envelope.SealResponse(keys, job.Queue, r.report(job, res))
-	if err != nil {
-		return fmt.Errorf("seal response: %w", err)
-	}
-	if err := p.publish(ctx, job.Queue, body); err != nil {
+	if err := p.publish(ctx, queue, id, body); err != nil {
 		return err
 	}
 	r.m.responses.WithLabelValues("sent").Inc()

@@ -11,6 +11,8 @@ package runner
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,7 +63,18 @@ type Runner struct {
 	slots     chan struct{} // bounded concurrency across sessions
 	inflight  inflight
 	ready     chan struct{} // closed when the first session consumes
+	queues    *queueSet
 	readyOnce sync.Once
+	pubs      publishers // the current session's publisher
+}
+
+// instanceName names this runner process in JobRecord claims: the runner
+// id plus a random suffix, so a restarted runner with the same id does not
+// mistake its predecessor's claims for its own.
+func instanceName(runnerID string) string {
+	b := make([]byte, 6)
+	_, _ = crand.Read(b)
+	return runnerID + "." + hex.EncodeToString(b)
 }
 
 // New checks the options and builds a Runner; it starts nothing.
@@ -69,9 +82,10 @@ func New(o Options) (*Runner, error) {
 	if o.Config == nil || o.Keys == nil || o.Store == nil {
 		return nil, errors.New("runner: Config, Keys and Store are required")
 	}
-	r := &Runner{cfg: o.Config, log: o.Logger, keys: o.Keys, jobs: &Jobs{Store: o.Store}, store: o.Store,
+	r := &Runner{cfg: o.Config, log: o.Logger, keys: o.Keys, jobs: &Jobs{Store: o.Store, Owner: instanceName(o.Config.RunnerID)}, store: o.Store,
 		exec: o.Executor, m: newMetrics(), version: o.Version,
-		slots: make(chan struct{}, o.Config.Concurrency), ready: make(chan struct{})}
+		slots: make(chan struct{}, o.Config.Concurrency), ready: make(chan struct{}),
+		queues: newQueueSet(o.Config.Queues)}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
@@ -109,10 +123,6 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	r.install(k)
 	r.keysOK.Store(true)
-	if r.cfg.Executor.Type == "command" && r.cfg.Executor.Timeout > 25*time.Minute {
-		r.log.Warn("executor.timeout is long: set RabbitMQ's consumer_timeout above it, or the broker closes the channel under long jobs",
-			"timeout", r.cfg.Executor.Timeout, "rabbitmq_default_consumer_timeout", "30m")
-	}
 	r.log.Info("keys loaded", "rsa_keys", len(k.MessageKeys), "hpke_keys", len(k.HPKEKeys),
 		"signing_prefixes", k.SigningKeys.Prefixes(), "response_prefixes", prefixes(k.ResponseKeys))
 
@@ -133,6 +143,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	bg.Go(func() { r.watchKeys(ctx, changes) })
 	bg.Go(func() { r.heartbeat(ctx) })
+	if r.cfg.Discover != nil {
+		bg.Go(func() { r.discover(ctx) })
+	}
 	var handlers sync.WaitGroup
 	r.supervise(ctx, jobCtx, &handlers)
 	r.log.Info("stopped consuming; waiting for running jobs", "grace", r.cfg.ShutdownGrace)

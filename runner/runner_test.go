@@ -160,7 +160,7 @@ func TestDuplicateNotRunTwice(t *testing.T) {
 func TestBrokerKilledMidRun(t *testing.T) {
 	q := fixPrefix + "restart"
 	ex := &countingExecutor{delay: 20 * time.Millisecond}
-	h := newHarness(t, harnessOpt{queues: []string{q}, exec: ex, configure: func(c *Config) { c.Concurrency = 2 }})
+	h := newHarness(t, harnessOpt{queues: []string{q}, exec: ex, responses: true, configure: func(c *Config) { c.Concurrency = 2 }})
 	const n = 120
 	var bodies [][]byte
 	for i := 0; i < n; i++ {
@@ -173,15 +173,24 @@ func TestBrokerKilledMidRun(t *testing.T) {
 	h.publish(q, bodies...)
 	eventually(t, 20*time.Second, "some messages processed", func() bool { return ex.total.Load() >= 10 })
 	h.node.Kill9AndRestart(t)
-	eventually(t, 90*time.Second, "every message finished", func() bool {
+	eventually(t, 90*time.Second, "every message finished and answered", func() bool {
 		fin := 0
 		for _, j := range h.jobs() {
-			if j.State == StateFinished {
+			if j.State == StateFinished && !j.Responded.IsZero() && j.ResponseID == ResponseMessageID(j.MessageID) {
 				fin++
 			}
 		}
 		return fin == n
 	})
+	// One distinct response per message (a re-publish after a confirm lost
+	// in the kill keeps its message id).
+	ids := map[string]bool{}
+	for _, d := range h.drain(envelope.ResponseQueue(q), 2*n, 10*time.Second) {
+		ids[d.MessageId] = true
+	}
+	if len(ids) != n {
+		t.Errorf("%d distinct responses, want %d", len(ids), n)
+	}
 	if got := testutilCounter(t, h.r, "sealrun_runner_reconnects_total"); got < 1 {
 		t.Errorf("reconnects = %v, want ≥ 1", got)
 	}

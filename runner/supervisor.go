@@ -52,7 +52,7 @@ func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup
 // session is one connection: it declares the topology, consumes every queue
 // and dispatches deliveries to handlers until the connection or a channel
 // closes (error) or ctx ends (nil, after consumers are cancelled).
-func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, consuming func()) error {
+func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, consumingNow func()) error {
 	url, err := r.cfg.amqpURL()
 	if err != nil {
 		return err
@@ -79,7 +79,8 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 		return fmt.Errorf("open channel: %w", err)
 	}
 	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	cancelled := ch.NotifyCancel(make(chan string, len(r.cfg.Queues)))
+	// Buffered beyond the queue count: discovery may add consumers.
+	cancelled := ch.NotifyCancel(make(chan string, 64))
 	if err := ch.Qos(r.cfg.AMQP.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("set prefetch: %w", err)
 	}
@@ -91,6 +92,9 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 		return err
 	}
 	defer pub.close()
+	// Handlers whose own session died under a job answer through this one.
+	r.pubs.set(pub)
+	defer r.pubs.unset(pub)
 
 	consumeCtx, stopConsuming := context.WithCancel(ctx)
 	defer stopConsuming()
@@ -99,12 +103,14 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 		d     amqp.Delivery
 	}
 	var feeders sync.WaitGroup
-	for _, q := range r.cfg.Queues {
+	consumers := map[string]string{} // consumer tag -> queue
+	consume := func(q string) error {
 		tag := fmt.Sprintf("sealrun-%s-%s-%d", r.cfg.RunnerID, q, time.Now().UnixNano())
 		deliveries, err := ch.ConsumeWithContext(consumeCtx, q, tag, false, false, false, false, nil)
 		if err != nil {
 			return fmt.Errorf("consume queue %s: %w", q, err)
 		}
+		consumers[tag] = q
 		// One feeder per queue takes a concurrency slot before each
 		// delivery, so prefetch fills the channel but at most Concurrency
 		// messages run.
@@ -123,23 +129,60 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 				})
 			}
 		})
+		return nil
+	}
+	consuming := func(q string) bool {
+		for _, c := range consumers {
+			if c == q {
+				return true
+			}
+		}
+		return false
+	}
+	// consumeNew consumes every queue of the set not consumed yet.
+	consumeNew := func() error {
+		for _, q := range r.queues.all() {
+			if !consuming(q) {
+				if err := consume(q); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := consumeNew(); err != nil {
+		return err
 	}
 	r.connected.Store(true)
-	consuming()
+	consumingNow()
 	r.readyOnce.Do(func() { close(r.ready) })
-	r.log.Info("consuming", "queues", r.cfg.Queues, "prefetch", r.cfg.AMQP.Prefetch, "concurrency", r.cfg.Concurrency)
+	r.log.Info("consuming", "queues", r.queues.all(), "prefetch", r.cfg.AMQP.Prefetch, "concurrency", r.cfg.Concurrency)
 
 	var end error
-	select {
-	case <-ctx.Done():
-	case e := <-connClosed:
-		end = fmt.Errorf("connection closed: %v", e)
-	case e := <-chClosed:
-		end = fmt.Errorf("channel closed: %v", e)
-	case e := <-pub.closed:
-		end = fmt.Errorf("publishing channel closed: %v", e)
-	case q := <-cancelled:
-		end = fmt.Errorf("broker cancelled consumer %s (queue deleted?)", q)
+	for end == nil && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case e := <-connClosed:
+			end = fmt.Errorf("connection closed: %v", e)
+		case e := <-chClosed:
+			end = fmt.Errorf("channel closed: %v", e)
+		case e := <-pub.closed:
+			end = fmt.Errorf("publishing channel closed: %v", e)
+		case <-r.queues.changed:
+			// A queue that vanished between discovery and consume closes
+			// the channel (404): the session ends and the next one consumes
+			// what discovery then finds.
+			end = consumeNew()
+		case tag := <-cancelled:
+			q := consumers[tag]
+			if q != "" && r.queues.discovered(q) {
+				// A discovered queue was deleted: drop it, keep the rest.
+				delete(consumers, tag)
+				r.log.Info("broker cancelled the consumer of a discovered queue (deleted?)", "queue", q)
+				continue
+			}
+			end = fmt.Errorf("broker cancelled consumer %s (queue deleted?)", tag)
+		}
 	}
 	stopConsuming()
 	feeders.Wait()

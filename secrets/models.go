@@ -80,10 +80,14 @@ type RunnerRecord struct {
 	Version       string    `json:"version"`
 	Queues        []string  `json:"queues"`
 	LastHeartbeat time.Time `json:"last_heartbeat"`
+	// Instance is the owner name this process writes into the JobRecords it
+	// claims (runner id plus a per-start suffix).
+	Instance string `json:"instance,omitempty"`
 }
 
 // JobRecord is plain state about one queued message's execution. It never
-// holds the payload, which may be secret.
+// holds the payload, the job's output or any key, which may be secret: only
+// ids, times, the exit status and short reason codes.
 type JobRecord struct {
 	MessageID  string    `json:"message_id"`
 	Queue      string    `json:"queue"`
@@ -92,6 +96,21 @@ type JobRecord struct {
 	Started    time.Time `json:"started,omitzero"`
 	Finished   time.Time `json:"finished,omitzero"`
 	ExitStatus *int      `json:"exit_status,omitempty"`
+	TimedOut   bool      `json:"timed_out,omitempty"`
+	// Owner is the runner process (runner id and a per-process instance)
+	// holding the claim; LeaseUntil is how long the claim stays its owner's
+	// without a renewal. A running claim past its lease belongs to a dead
+	// runner and may be taken over.
+	Owner      string    `json:"owner,omitempty"`
+	LeaseUntil time.Time `json:"lease_until,omitzero"`
+	// Responded is set once the response was confirmed by the broker (or
+	// none was due): a redelivery after that is only acked. ResponseID is
+	// the response's AMQP message id, empty when none was published.
+	Responded  time.Time `json:"responded,omitzero"`
+	ResponseID string    `json:"response_id,omitempty"`
+	// Reason is the rejection code of a rejected message (e.g.
+	// "bad_signature"), never message contents.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Kind and Key implement Model for each built-in model: the kind is fixed,

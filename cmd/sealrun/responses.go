@@ -19,7 +19,12 @@ func runResponses(ctx context.Context, s stdio, args []string) int {
 Consumes <queue>_response (declaring it, durable, if it does not exist, so
 runners start answering), decrypts each report with the response private key
 and prints one JSON report per line. Messages are acknowledged once printed;
-one that cannot be opened is printed as an error and left on the queue.`,
+one that cannot be opened is printed as an error and left on the queue.
+
+A runner whose publisher confirm was lost (broker crash) publishes the same
+response again under the same AMQP message id; a copy whose message id was
+already printed in this run is acknowledged and skipped (counted on stderr),
+so each job's report is printed once.`,
 		`  sealrun responses --amqp amqp://guest:guest@127.0.0.1:5672/ --queue rmq_cpu_alice_1 \
       --private-key client/response.pem --passphrase-file client/response.pass --count 3
 
@@ -79,7 +84,15 @@ one that cannot be opened is printed as an error and left on the queue.`,
 		return failure(s, fs, fmt.Errorf("consume %s: %w", rq, err))
 	}
 	keys := []*envelope.MessagePrivateKey{key}
-	got, failed := 0, 0
+	got, failed, dups := 0, 0, 0
+	// Message ids printed so far. Runners give every response a stable one
+	// (response-<job id>); a response without one is never a duplicate.
+	printed := map[string]bool{}
+	defer func() {
+		if dups > 0 {
+			fmt.Fprintf(s.err, "sealrun responses: skipped %d duplicate copies (same message id)\n", dups)
+		}
+	}()
 	idle := time.NewTimer(*wait)
 	defer idle.Stop()
 	for *count == 0 || got < *count {
@@ -96,6 +109,11 @@ one that cannot be opened is printed as an error and left on the queue.`,
 				return failure(s, fs, fmt.Errorf("the broker closed the consumer on %s", rq))
 			}
 			idle.Reset(*wait)
+			if d.MessageId != "" && printed[d.MessageId] {
+				dups++
+				_ = d.Ack(false)
+				continue
+			}
 			plain, err := envelope.OpenPayload(keys, string(d.Body))
 			if err != nil {
 				failed++
@@ -109,6 +127,9 @@ one that cannot be opened is printed as an error and left on the queue.`,
 			}
 			fmt.Fprintf(s.out, "%s\n", plain)
 			_ = d.Ack(false)
+			if d.MessageId != "" {
+				printed[d.MessageId] = true
+			}
 			got++
 		}
 	}

@@ -150,6 +150,29 @@ storage:
 	if code != 0 || strings.Count(out, `"experimentId":"cli-1"`) != 2 || strings.Count(out, `ran rmq_cli_work`) != 2 {
 		t.Fatalf("responses: %d\n%s\n%s\nrunner log:\n%s", code, out, errOut, logs)
 	}
+	// A response published twice under one message id (a runner's re-publish
+	// after a lost confirm) is printed once.
+	dupBody, err := envelope.SealPayload(respKey.Public(), []byte(`{"experimentId":"dup-1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pconn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pch, _ := pconn.Channel()
+	for range 2 {
+		if err := pch.PublishWithContext(t.Context(), "", envelope.ResponseQueue(queue), false, false,
+			amqp.Publishing{MessageId: "response-amqp-dup-1", Body: []byte(dupBody)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pconn.Close()
+	code, out, errOut = runCLI(t, "", "responses", "--amqp", url, "--queue", queue, "--private-key", rkey,
+		"--passphrase-file", rpass, "--wait", "3s")
+	if code != 0 || strings.Count(out, `"experimentId":"dup-1"`) != 1 || !strings.Contains(errOut, "skipped 1 duplicate") {
+		t.Fatalf("responses with a duplicate: %d\n%s\n%s", code, out, errOut)
+	}
 	// Nothing consumes StudioML.nobody: send must say so.
 	if code, _, errOut := runCLI(t, "", "send", "--amqp", url, "--queue", "rmq_cli_nobody", "--public-key", pub,
 		"--signing-key", sig, "--request", req); code != 1 || !strings.Contains(errOut, "no queue is bound") {

@@ -30,6 +30,9 @@ type RabbitMQNode struct {
 	URL string
 	// Port is the AMQP listener port.
 	Port int
+	// ManagementURL is the management HTTP API (rabbitmq_management
+	// plugin), e.g. http://127.0.0.1:PORT; guest/guest logs in.
+	ManagementURL string
 
 	dir, node string
 	env       []string
@@ -96,7 +99,7 @@ func startRabbitMQ(ctx context.Context) (*RabbitMQNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports := make([]int, 3)
+	ports := make([]int, 4)
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
 			return nil, err
@@ -106,6 +109,7 @@ func startRabbitMQ(ctx context.Context) (*RabbitMQNode, error) {
 	_, _ = rand.Read(b)
 	n := &RabbitMQNode{dir: dir, node: "sealrun-test-" + hex.EncodeToString(b) + "@localhost", Port: ports[0]}
 	n.URL = fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", n.Port)
+	n.ManagementURL = fmt.Sprintf("http://127.0.0.1:%d", ports[3])
 	n.env = append(os.Environ(),
 		"HOME="+dir,
 		"RABBITMQ_NODENAME="+n.node,
@@ -120,12 +124,13 @@ func startRabbitMQ(ctx context.Context) (*RabbitMQNode, error) {
 		"ERL_EPMD_ADDRESS=127.0.0.1",
 		"ERL_EPMD_PORT="+strconv.Itoa(ports[2]),
 	)
-	if err := os.WriteFile(filepath.Join(dir, "enabled_plugins"), []byte("[].\n"), 0o644); err != nil {
+	// The management API is how runners discover queues by pattern.
+	if err := os.WriteFile(filepath.Join(dir, "enabled_plugins"), []byte("[rabbitmq_management].\n"), 0o644); err != nil {
 		return nil, err
 	}
-	// The default 60 s consumer timeout is irrelevant for tests; loopback
-	// guest access is what the tests log in with.
-	if err := os.WriteFile(filepath.Join(dir, "rabbitmq.conf"), []byte("loopback_users = none\n"), 0o644); err != nil {
+	// Loopback guest access is what the tests log in with.
+	conf := fmt.Sprintf("loopback_users = none\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %d\n", ports[3])
+	if err := os.WriteFile(filepath.Join(dir, "rabbitmq.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
 	// Our own epmd in the foreground, so we hold its PID and stop exactly it.

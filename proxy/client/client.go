@@ -393,7 +393,8 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 // change, until ctx ends. Whenever a watch is not established (at start,
 // after a break) the cache is dropped, so no value outlives a missed event
 // for longer than it takes to notice the break. onChange, if set, is called
-// for every event and after every re-established watch (with a zero Event).
+// for every event and after every break or re-establishment of a watch
+// (with a zero Event).
 func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), containers ...string) {
 	var wg sync.WaitGroup
 	for _, ct := range containers {
@@ -416,6 +417,11 @@ func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), conta
 						if onChange != nil {
 							onChange(ev)
 						}
+					}
+					// The stream broke: whoever relies on it re-reads now,
+					// so an unreachable backend is noticed, not assumed away.
+					if onChange != nil && ctx.Err() == nil {
+						onChange(Event{})
 					}
 				}
 				select {
