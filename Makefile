@@ -30,9 +30,13 @@ vet:
 	$(GO) vet -tags chaos ./test/chaos
 
 # The whole suite: race detector on, fuzz seed corpora included, the Python
-# StudioML interop test included.
+# StudioML interop test included; then the short chaos run (CHAOS_SHORT_N
+# messages, with every fault of `make chaos`: RabbitMQ SIGKILLed 3 times,
+# etcd and the proxy restarted once).
+CHAOS_SHORT_N ?= 300
 test: deps fmt-check vet build
 	$(GO) test -race -count=1 -timeout 15m ./...
+	SEALRUN_BIN=$(CURDIR)/$(BIN) SEALRUN_CHAOS_N=$(CHAOS_SHORT_N) $(GO) test -tags chaos -count=1 -timeout 10m ./test/chaos
 
 # Each fuzz target for FUZZTIME (go test allows one -fuzz target per run).
 FUZZ_TARGETS := \

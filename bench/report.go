@@ -52,7 +52,10 @@ var goals = []goal{
 	{"Vault KV v2 Get through the proxy vs direct (vault/api)", "ProxyGetVault", "VaultKVGetDirect", 0},
 	{"overlay Get, Transit KEK vs file key", "OverlayGet/Get/transit-kek", "OverlayGet/Get/file-key", 0.9},
 	{"runner StudioML e2e vs raw RSA-4096 decrypt on one core (goal: 0.85 × 2 cores)", "EndToEndStudioML", "RawRSADecryptOAEP", 1.7},
-	{"runner HPKE e2e (msg/s)", "EndToEndHPKE", "", 5000},
+	{"runner HPKE (X25519) e2e, response consumed (msg/s)", "EndToEndHPKE", "", 5000},
+	{"runner HPKE (ML-KEM-768+X25519) e2e (msg/s)", "EndToEndHPKEHybrid", "", 0},
+	{"runner HPKE e2e, 2 runners vs 1", "EndToEndHPKETwoRunners", "EndToEndHPKE", 0},
+	{"runner HPKE e2e, JobRecord writes unbatched vs batched", "EndToEndHPKEUnbatched", "EndToEndHPKE", 0},
 	{"runner HPKE e2e vs raw AMQP publish→consume", "EndToEndHPKE", "RawAMQP", 0},
 	{"runner StudioML e2e vs raw AMQP publish→consume", "EndToEndStudioML", "RawAMQP", 0},
 	{"runner HPKE e2e, JobRecords in etcd vs in memory", "EndToEndHPKE", "EndToEndHPKEMemoryState", 0},
@@ -271,8 +274,8 @@ func writeReport(w *strings.Builder, res map[string]*result, order []string, rss
 		}
 	}
 	if len(scale) > 0 {
-		fmt.Fprintf(w, "## Runner scaling (HPKE, JobRecords in etcd, no-op executor)\n\n")
-		fmt.Fprintf(w, "msgs/s by consumers (concurrency, rows) and prefetch (columns):\n\n")
+		fmt.Fprintf(w, "## Runner scaling (HPKE, JobRecords in etcd, no-op executor, responses consumed)\n\n")
+		fmt.Fprintf(w, "msgs/s by consumers (Runner instances on one queue, rows) and prefetch per consumer (columns; each consumer runs as many messages at once as its prefetch):\n\n")
 		conc, pre := map[string]bool{}, map[string]bool{}
 		val := map[[2]string]float64{}
 		best, bestKey := 0.0, ""
@@ -286,11 +289,11 @@ func writeReport(w *strings.Builder, res map[string]*result, order []string, rss
 			v := opsPerSec(res[n])
 			val[[2]string{c, p}] = v
 			if v > best {
-				best, bestKey = v, "concurrency "+c+", prefetch "+p
+				best, bestKey = v, "consumers "+c+", prefetch "+p
 			}
 		}
 		cs, ps := sortedNum(conc), sortedNum(pre)
-		fmt.Fprintf(w, "| concurrency \\ prefetch |")
+		fmt.Fprintf(w, "| consumers \\ prefetch |")
 		for _, p := range ps {
 			fmt.Fprintf(w, " %s |", p)
 		}
@@ -307,11 +310,11 @@ func writeReport(w *strings.Builder, res map[string]*result, order []string, rss
 		for _, c := range cs {
 			for _, p := range ps {
 				if knee == "" && val[[2]string{c, p}] >= 0.9*best {
-					knee = "concurrency " + c + ", prefetch " + p
+					knee = "consumers " + c + ", prefetch " + p
 				}
 			}
 		}
-		fmt.Fprintf(w, "\nBest: %s msgs/s at %s. Knee (first configuration, by concurrency then prefetch, within 10%% of the best): %s; "+
+		fmt.Fprintf(w, "\nBest: %s msgs/s at %s. Knee (first configuration, by consumers then prefetch, within 10%% of the best): %s; "+
 			"past it, more messages in flight add no throughput on these %d cores.\n\n",
 			human(best), bestKey, knee, runtime.NumCPU())
 	}
@@ -323,8 +326,8 @@ func writeReport(w *strings.Builder, res map[string]*result, order []string, rss
 		fmt.Fprintf(w, "| proxy | idle (after start, one secret) | %s | %s | – |\n", mib(rss.idle), mib(rss.idleHWM))
 		fmt.Fprintf(w, "| proxy | under load | %s (max sampled) | %s | %d clients, %s GET/s for %s, %d errors |\n\n",
 			mib(rss.loadMax), mib(rss.loadHWM), rss.clients, human(rss.rate), rss.dur, rss.errors)
-		fmt.Fprintf(w, "The runner's RSS is not measured here (it needs a broker in the report run).\n\n")
 	}
+	writeRunnerCost(w, res)
 
 	fmt.Fprintf(w, "## Every benchmark\n\n| package | benchmark | ns/op | ops/s | other metrics |\n|---|---|---:|---:|---|\n")
 	for _, n := range order {
@@ -499,4 +502,40 @@ storage:
 	r.rate = float64(n.Load()) / time.Since(t0).Seconds()
 	r.loadHWM = procStatus(pid, "VmHWM")
 	return r, nil
+}
+
+// writeRunnerCost explains the runner's end-to-end rate by where its CPU
+// goes: this benchmark process (runners, embedded etcd, the publishing and
+// answer-reading client) and the RabbitMQ node, per message, and the rate
+// two cores could reach at that cost. It also reports the benchmark
+// process's memory.
+func writeRunnerCost(w *strings.Builder, res map[string]*result) {
+	names := []string{"EndToEndHPKE", "EndToEndHPKEHybrid", "EndToEndHPKETwoRunners", "EndToEndHPKEMemoryState", "EndToEndStudioML", "RawAMQP"}
+	var rows []string
+	for _, n := range names {
+		r := res[n]
+		if r == nil {
+			continue
+		}
+		self, broker := r.metrics["self-cpu-us/msg"], r.metrics["rabbit-cpu-us/msg"]
+		if self+broker == 0 {
+			continue
+		}
+		ceiling := float64(runtime.NumCPU()) * 1e6 / (self + broker)
+		rss := "–"
+		if idle, load := r.metrics["rss-idle-MB"], r.metrics["rss-load-MB"]; idle > 0 {
+			rss = fmt.Sprintf("%s / %s MiB", human(idle), human(load))
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", n, human(opsPerSec(r)), human(self), human(broker),
+			human(self+broker), human(ceiling), rss))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "## Runner: where the CPU goes\n\n")
+	fmt.Fprintf(w, "CPU µs per message in the benchmark process (runner(s), embedded etcd, the publishing client and the client reading responses) and in the RabbitMQ node, "+
+		"and the rate %d fully busy cores could reach at that cost. RSS is the whole benchmark process (runner, embedded etcd, client, prepared messages), idle / under load.\n\n", runtime.NumCPU())
+	fmt.Fprintf(w, "| benchmark | msgs/s | process µs/msg | RabbitMQ µs/msg | total µs/msg | ceiling msgs/s | RSS idle / load |\n|---|---:|---:|---:|---:|---:|---|\n")
+	fmt.Fprintln(w, strings.Join(rows, "\n"))
+	fmt.Fprintln(w)
 }
