@@ -39,6 +39,11 @@ type Config struct {
 	ClearText []string `yaml:"clear_text"`
 	// ReplayWindow bounds the age of HPKE messages (default 15m).
 	ReplayWindow time.Duration `yaml:"replay_window"`
+	// JobRetention is how long the JobRecords of answered or rejected
+	// messages are kept (default 168h); every runner deletes older ones
+	// hourly. It must exceed replay_window, since a record is what refuses a
+	// replayed HPKE message within the window. Negative keeps them forever.
+	JobRetention time.Duration `yaml:"job_retention"`
 	// Concurrency is how many messages run at once (default 4).
 	Concurrency int            `yaml:"concurrency"`
 	Executor    ExecutorConfig `yaml:"executor"`
@@ -241,6 +246,9 @@ func (c *Config) setDefaults() {
 	if c.ReplayWindow <= 0 {
 		c.ReplayWindow = 15 * time.Minute
 	}
+	if c.JobRetention == 0 {
+		c.JobRetention = 7 * 24 * time.Hour
+	}
 	e := &c.Executor
 	if e.Type == "" {
 		e.Type = "command"
@@ -324,6 +332,9 @@ func (c *Config) Validate() error {
 	case "noop":
 	default:
 		return fmt.Errorf("executor.type %q: want command or noop", c.Executor.Type)
+	}
+	if c.JobRetention > 0 && c.JobRetention <= c.ReplayWindow {
+		return fmt.Errorf("job_retention %s: must exceed replay_window (%s), or a replayed HPKE message could run again", c.JobRetention, c.ReplayWindow)
 	}
 	for _, p := range c.ClearText {
 		if len(p) < 4 {

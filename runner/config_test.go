@@ -33,6 +33,7 @@ func TestDecodeConfig(t *testing.T) {
 		"bad template":         strings.Replace(minimalConfig, "/bin/true", "'{{.Nope'", 1),
 		"storage unknown":      minimalConfig + "storage: {state: {backend: memory, x: 1}}\n",
 		"empty":                "",
+		"retention in window":  minimalConfig + "job_retention: 10m\n",
 		"discover no patterns": minimalConfig + "discover: {management_url: 'http://127.0.0.1:15672'}\n",
 		"discover bad pattern": minimalConfig + "discover: {management_url: 'http://127.0.0.1:15672', patterns: ['(']}\n",
 		"discover bad url":     minimalConfig + "discover: {management_url: 'amqp://x', patterns: [a]}\n",

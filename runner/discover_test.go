@@ -17,11 +17,11 @@ import (
 // and leaves alone response queues, dead-letter queues and queues that do
 // not match. A discovered queue being deleted does not end the session.
 func TestDiscoverQueues(t *testing.T) {
-	node := testenvRabbit(t)
+	mgmt := testenvRabbit(t).Management(t)
 	qa, qb, other := fixPrefix+"disc_a", fixPrefix+"disc_b", "unrelated_disc"
 	var h *harness
 	h = newHarness(t, harnessOpt{configure: func(c *Config) {
-		c.Discover = &Discover{ManagementURL: node.ManagementURL, Patterns: []string{fixPrefix + `disc_.*`}, Interval: 200 * time.Millisecond}
+		c.Discover = &Discover{ManagementURL: mgmt, Patterns: []string{fixPrefix + `disc_.*`}, Interval: 200 * time.Millisecond}
 		// The harness declares nothing for discovered queues: make qa
 		// (and its response queue) exist before the runner starts.
 		u := c.AMQP.URL
@@ -95,6 +95,7 @@ func declareBound(t *testing.T, ch *amqp.Channel, queues ...string) {
 // the fix; it never echoes the password.
 func TestListQueuesErrors(t *testing.T) {
 	node := testenvRabbit(t)
+	node.Management(t)
 	u := strings.Replace(node.URL, "guest:guest", "guest:wrong-s3cret", 1)
 	_, err := listQueues(t.Context(), http.DefaultClient, node.ManagementURL, u)
 	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "monitoring") || strings.Contains(err.Error(), "wrong-s3cret") {

@@ -146,6 +146,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.cfg.Discover != nil {
 		bg.Go(func() { r.discover(ctx) })
 	}
+	if r.cfg.JobRetention > 0 {
+		bg.Go(func() { r.collectJobs(ctx) })
+	}
 	var handlers sync.WaitGroup
 	r.supervise(ctx, jobCtx, &handlers)
 	r.log.Info("stopped consuming; waiting for running jobs", "grace", r.cfg.ShutdownGrace)

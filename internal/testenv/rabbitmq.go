@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,8 +31,8 @@ type RabbitMQNode struct {
 	URL string
 	// Port is the AMQP listener port.
 	Port int
-	// ManagementURL is the management HTTP API (rabbitmq_management
-	// plugin), e.g. http://127.0.0.1:PORT; guest/guest logs in.
+	// ManagementURL is where the management HTTP API answers once
+	// Management has enabled it; guest/guest logs in.
 	ManagementURL string
 
 	dir, node string
@@ -41,6 +42,8 @@ type RabbitMQNode struct {
 	exited    chan struct{}
 	epmd      *exec.Cmd
 	epmdDone  chan struct{}
+	// management is set once the management plugin was enabled.
+	management bool
 }
 
 var rabbit struct {
@@ -124,11 +127,15 @@ func startRabbitMQ(ctx context.Context) (*RabbitMQNode, error) {
 		"ERL_EPMD_ADDRESS=127.0.0.1",
 		"ERL_EPMD_PORT="+strconv.Itoa(ports[2]),
 	)
-	// The management API is how runners discover queues by pattern.
-	if err := os.WriteFile(filepath.Join(dir, "enabled_plugins"), []byte("[rabbitmq_management].\n"), 0o644); err != nil {
+	// No plugins at start: the management plugin costs broker CPU on every
+	// message (statistics), which benchmarks would pay. Management turns it
+	// on for the tests that need it.
+	if err := os.WriteFile(filepath.Join(dir, "enabled_plugins"), []byte("[].\n"), 0o644); err != nil {
 		return nil, err
 	}
-	// Loopback guest access is what the tests log in with.
+	// Loopback guest access is what the tests log in with; the management
+	// listener's address is fixed now so enabling the plugin later needs no
+	// restart.
 	conf := fmt.Sprintf("loopback_users = none\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %d\n", ports[3])
 	if err := os.WriteFile(filepath.Join(dir, "rabbitmq.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -276,4 +283,36 @@ func (n *RabbitMQNode) stop() {
 		<-n.epmdDone
 	}
 	_ = os.RemoveAll(n.dir)
+}
+
+// Management enables the management plugin on the running node (once; it
+// stays enabled across restarts) and returns its URL when it answers.
+func (n *RabbitMQNode) Management(t testing.TB) string {
+	t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.management {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(RabbitMQBinDir, "rabbitmq-plugins"), "-n", n.node, "enable", "--online", "rabbitmq_management")
+		cmd.Env = n.env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("rabbitmq-plugins enable rabbitmq_management: %v: %s", err, out)
+		}
+		n.management = true
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(n.ManagementURL + "/api/overview")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusOK {
+				return n.ManagementURL
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("management API not answering at %s after 60s: %v", n.ManagementURL, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
