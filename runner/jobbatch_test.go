@@ -17,11 +17,19 @@ import (
 
 func etcdJobs(t *testing.T) *Jobs {
 	t.Helper()
+	return &Jobs{Store: etcdStateStore(t)}
+}
+
+// etcdStateStore is a storage service whose state backend (JobRecords) is
+// a fresh embedded etcd.
+func etcdStateStore(t testing.TB) *storage.Service {
+	t.Helper()
 	st, err := storage.New(memory.New(), etcd.New(testenv.Etcd(t), "/s/"), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Jobs{Store: st}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
 
 // Concurrent claims and finishes are coalesced into shared transactions and

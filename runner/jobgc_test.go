@@ -5,23 +5,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/secrets"
-	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
-	"github.com/sealrun/sealrun/storage/etcd"
-	"github.com/sealrun/sealrun/storage/memory"
 )
 
 // TestCollectJobs: only settled records (answered, or rejected) older than
 // the cut-off are deleted, in batches, from real etcd; claims — running, or
 // finished but not yet answered — stay whatever their age.
 func TestCollectJobs(t *testing.T) {
-	store, err := storage.New(memory.New(), etcd.New(testenv.Etcd(t), "/sealrun/state/"), storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := etcdStateStore(t)
 	ctx := t.Context()
 	now := time.Now().UTC()
 	old, recent := now.Add(-8*24*time.Hour), now.Add(-time.Minute)

@@ -6,21 +6,12 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/sealrun/sealrun/internal/testenv"
-	"github.com/sealrun/sealrun/storage"
-	"github.com/sealrun/sealrun/storage/etcd"
-	"github.com/sealrun/sealrun/storage/memory"
 )
 
 // BenchmarkJobsClaimFinish is the etcd part of a message alone: a claim and
 // a finish per message, 64 at a time, on embedded etcd.
 func BenchmarkJobsClaimFinish(b *testing.B) {
-	st, err := storage.New(memory.New(), etcd.New(testenv.Etcd(b), "/s/"), storage.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	j := &Jobs{Store: st}
+	j := &Jobs{Store: etcdStateStore(b)}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	b.ResetTimer()

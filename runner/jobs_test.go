@@ -6,12 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/secrets"
-	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
-	"github.com/sealrun/sealrun/storage/etcd"
-	"github.com/sealrun/sealrun/storage/memory"
 )
 
 // finishJob records a claimed job as run (exit status exit) and answered.
@@ -26,10 +22,7 @@ func finishJob(ctx context.Context, c *Claim, exit int) error {
 // waits (busy) instead of running, takes over only once the owner's lease
 // expired or it released the claim, and a taken-over owner cannot record.
 func TestJobsClaim(t *testing.T) {
-	st, err := storage.New(memory.New(), etcd.New(testenv.Etcd(t), "/s/"), storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := etcdStateStore(t)
 	a := &Jobs{Store: st, Owner: "a", Lease: time.Second}
 	b := &Jobs{Store: st, Owner: "b", Lease: time.Second}
 	ctx, now := t.Context(), time.Now()
