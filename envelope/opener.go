@@ -31,6 +31,12 @@ type Opener struct {
 	Window  time.Duration // HPKE messages older than this are refused
 	MaxSkew time.Duration // how far in the future a creation time may be
 	Now     func() time.Time
+	// Known, when set, is asked about a verified HPKE message created
+	// before the window: true means the caller already holds a record of
+	// this message id (a redelivery of work it claimed), so the window —
+	// which refuses replays of messages it cannot tell apart — does not
+	// apply. Replay of a known id is the caller's to refuse.
+	Known func(ctx context.Context, id string) bool
 }
 
 // Opened is a message that passed every check.
@@ -228,7 +234,7 @@ func (o *Opener) openHPKE(ctx context.Context, queue string, p *parsedHPKE) (*Op
 	}
 	created := time.UnixMilli(h.Created)
 	age := now().Sub(created)
-	if age > window {
+	if age > window && (o.Known == nil || !o.Known(ctx, h.ID)) {
 		return nil, reject(ErrReplay, "message %s was created %s ago, outside the %s window", h.ID, age.Round(time.Second), window)
 	}
 	if -age > skew {

@@ -23,12 +23,25 @@ type valueCache struct {
 	max int
 
 	mu      sync.RWMutex
-	entries map[cacheKey]value
+	entries map[cacheKey]cached
 	live    map[string]bool // kinds whose watch is established
 	gen     uint64          // bumped on every invalidation; a fill that raced one is dropped
 }
 
 type cacheKey struct{ kind, key string }
+
+// cached is a value and when it was read from the backend.
+type cached struct {
+	v  value
+	at time.Time
+}
+
+// maxAge bounds how long an entry is served without a backend read. The
+// watch keeps entries exact while it delivers; the bound covers a watch
+// that stalls without failing (etcd's client retries an unreachable
+// cluster silently), so a partitioned proxy serves a value at most this
+// stale — as the credential cache's TTL bounds a missed revocation.
+const maxAge = 30 * time.Second
 
 // valueKinds are the kinds GET serves, and so the kinds cached and watched.
 func valueKinds() []string {
@@ -40,7 +53,7 @@ func valueKinds() []string {
 }
 
 func newValueCache(max int) *valueCache {
-	return &valueCache{max: max, entries: map[cacheKey]value{}, live: map[string]bool{}}
+	return &valueCache{max: max, entries: map[cacheKey]cached{}, live: map[string]bool{}}
 }
 
 // get returns the cached value, or the generation a fill must quote.
@@ -50,8 +63,11 @@ func (c *valueCache) get(kind, key string) (value, uint64, bool) {
 	if !c.live[kind] {
 		return nil, c.gen, false
 	}
-	v, ok := c.entries[cacheKey{kind, key}]
-	return v, c.gen, ok
+	e, ok := c.entries[cacheKey{kind, key}]
+	if !ok || time.Since(e.at) > maxAge {
+		return nil, c.gen, false
+	}
+	return e.v, c.gen, true
 }
 
 // fill caches v read from the backend, unless the kind's watch is down or
@@ -72,7 +88,7 @@ func (c *valueCache) fill(kind, key string, v value, gen uint64) {
 			break
 		}
 	}
-	c.entries[k] = v
+	c.entries[k] = cached{v: v, at: time.Now()}
 }
 
 // invalidate drops one entry: a write through this proxy or a watch event.
@@ -86,14 +102,28 @@ func (c *valueCache) invalidate(kind, key string) {
 // setLive flushes kind and records whether its watch is established.
 func (c *valueCache) setLive(kind string, live bool) {
 	c.mu.Lock()
+	c.flushLocked(kind)
+	c.live[kind] = live
+	c.mu.Unlock()
+}
+
+// flushKind drops every entry of kind. A client's watch stream starting
+// now may be ahead of the cache's own watch; without the flush, a value
+// changed just before the stream started could be served after its
+// "ready" and never be followed by an event.
+func (c *valueCache) flushKind(kind string) {
+	c.mu.Lock()
+	c.flushLocked(kind)
+	c.mu.Unlock()
+}
+
+func (c *valueCache) flushLocked(kind string) {
 	for k := range c.entries {
 		if k.kind == kind {
 			delete(c.entries, k)
 		}
 	}
 	c.gen++
-	c.live[kind] = live
-	c.mu.Unlock()
 }
 
 func (c *valueCache) len() int {

@@ -44,6 +44,10 @@ func (s *Server) watch(q *request, name string) error {
 	if err != nil {
 		return err
 	}
+	if s.values != nil {
+		// Reads after "ready" must be at least as new as this stream.
+		s.values.flushKind(kind)
+	}
 	w := q.w
 	s.respond(q, http.StatusOK, "", func() {
 		w.Header().Set("Content-Type", "text/event-stream")

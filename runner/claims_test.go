@@ -132,7 +132,11 @@ func TestLongJobOutlivesConsumerTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		runnerCT time.Duration
-	}{{"hand back", time.Second}, {"broker timeout", -1}} {
+		// window, when set, is the HPKE replay window: shorter than the
+		// job, so the handed-back copy returns older than the window and
+		// must be recognised by its claim, not refused as a replay.
+		window time.Duration
+	}{{"hand back", time.Second, 0}, {"broker timeout", -1, 0}, {"hand back past the replay window", time.Second, 2 * time.Second}} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := fixPrefix + "long"
 			ex := &countingExecutor{delay: 6 * time.Second}
@@ -162,7 +166,12 @@ func TestLongJobOutlivesConsumerTimeout(t *testing.T) {
 				node.Ctl(t, "eval", restore+".")
 			}()
 			h := newHarness(t, harnessOpt{queues: []string{q}, exec: ex, responses: true,
-				configure: func(c *Config) { c.AMQP.ConsumerTimeout = tc.runnerCT; c.Concurrency = 2 }})
+				configure: func(c *Config) {
+					c.AMQP.ConsumerTimeout, c.Concurrency = tc.runnerCT, 1 // one slot: the copy that returns waits in the feeder
+					if tc.window > 0 {
+						c.ReplayWindow = tc.window
+					}
+				}})
 			h.publish(q, sealHPKEWithID(t, q, "long-1"))
 			eventually(t, 90*time.Second, "long job answered", func() bool { return h.count(outcomeDone) == 1 })
 			if c := ex.counts()["hpke-long-1"]; c != 1 {
@@ -176,6 +185,9 @@ func TestLongJobOutlivesConsumerTimeout(t *testing.T) {
 			resp := h.drain(envelope.ResponseQueue(q), 2, 3*time.Second)
 			if len(resp) != 1 || resp[0].MessageId != "response-hpke-long-1" {
 				t.Fatalf("%d responses, want exactly one", len(resp))
+			}
+			if n := h.count(outcomeRejected); n != 0 {
+				t.Errorf("%d copies of the long job rejected (dead-lettered)", n)
 			}
 			reconnects := testutilCounter(t, h.r, "sealrun_runner_reconnects_total")
 			t.Logf("handed back %d, reconnects %v", h.count(outcomeHandedBack), reconnects)

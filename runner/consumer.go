@@ -31,10 +31,7 @@ const finishTimeout = 15 * time.Second
 // consumer timeout) waits for the claim instead of running. A job whose
 // channel died under it still finishes, is recorded, is answered on the
 // current session and records that; the redelivery is then only acked.
-func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.Delivery) {
-	log := r.log.With("queue", queue, "delivery_tag", d.DeliveryTag, "redelivered", d.Redelivered)
-	handedBack, settled := r.holdDelivery(log, &d)
-	defer settled()
+func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.Delivery, log *slog.Logger, handedBack <-chan struct{}) {
 	if err := r.gate.wait(ctx); err != nil {
 		r.requeue(log, d, "", outcomeShutdown, err)
 		return

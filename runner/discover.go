@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -100,6 +101,16 @@ func (s *queueSet) discovered(q string) bool {
 	defer s.mu.Unlock()
 	_, ok := slices.BinarySearch(s.found, q)
 	return ok
+}
+
+// drop forgets a discovered queue whose consumer the broker cancelled, so
+// the next discovery round consumes it again if it was re-created.
+func (s *queueSet) drop(q string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i, ok := slices.BinarySearch(s.found, q); ok {
+		s.found = slices.Delete(s.found, i, i+1)
+	}
 }
 
 // setFound replaces the discovered queues and reports what was added.
@@ -197,6 +208,9 @@ func (r *Runner) discover(ctx context.Context) {
 			hc.Transport = &http.Transport{TLSClientConfig: tc}
 		}
 	}
+	if u, err := url.Parse(d.ManagementURL); err == nil && u.Scheme == "http" && !loopback(u.Hostname()) {
+		r.log.Warn("discover.management_url is plain http to another host: the AMQP user's password crosses the network in the clear; use https")
+	}
 	fails := 0
 	for {
 		wait := d.Interval
@@ -247,4 +261,12 @@ func (r *Runner) deadSuffix() string {
 		return r.cfg.DeadLetter.QueueSuffix
 	}
 	return ""
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -163,8 +163,10 @@ func (c *Claim) Record() secrets.JobRecord {
 // A Conflict does not always mean the claim was lost: a write that reached
 // etcd but whose answer did not (etcd restarted, timeout) leaves our
 // revision stale. Owner names this process alone and a takeover rewrites
-// it, so a record still naming us is still our claim: adopt its revision
-// and write again.
+// it, so a record still naming us is still our claim: adopt it — its
+// revision and its contents, since the lost write may have been a step
+// (finished, responded) that must not be rolled back — and apply the
+// change to it.
 func (c *Claim) update(ctx context.Context, what string, change func(*secrets.JobRecord)) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -187,7 +189,7 @@ func (c *Claim) update(ctx context.Context, what string, change func(*secrets.Jo
 		if cur.Owner != c.jobs.Owner || attempt == 2 {
 			return fmt.Errorf("%s job %s: %w", what, rec.MessageID, errClaimLost)
 		}
-		c.rev = curRev
+		c.rev, c.rec = curRev, cur
 	}
 }
 
@@ -283,4 +285,21 @@ func (j *Jobs) Rejected(ctx context.Context, body []byte) (string, error) {
 		return "", nil
 	}
 	return rec.Reason, nil
+}
+
+// claimed is the envelope's Opener.Known: whether an HPKE message created
+// before the replay window has a claim here, i.e. is a redelivery (a
+// handed-back long job, a broker restart) of work already taken, not a
+// replay. An unreadable store answers false: the message is then refused as
+// too old, which can dead-letter the copy of a job that still runs and
+// answers, but never runs a replay.
+func (r *Runner) claimed(ctx context.Context, id string) bool {
+	if !safeID.MatchString(id) {
+		return false
+	}
+	rec := secrets.JobRecord{MessageID: "hpke-" + id}
+	if _, err := r.store.Get(ctx, &rec); err != nil {
+		return false
+	}
+	return rec.State == StateRunning || rec.State == StateFinished
 }

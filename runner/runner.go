@@ -200,7 +200,7 @@ func (r *Runner) install(k *Keys) {
 		}
 	}
 	r.opener.Store(&envelope.Opener{MessageKeys: mk, HPKEKeys: hk, SigningKeys: k.SigningKeys,
-		ClearText: r.cfg.ClearText, Window: r.cfg.ReplayWindow})
+		ClearText: r.cfg.ClearText, Window: r.cfg.ReplayWindow, Known: r.claimed})
 	r.respKeys.Store(k.ResponseKeys)
 }
 

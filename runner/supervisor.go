@@ -111,21 +111,33 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 			return fmt.Errorf("consume queue %s: %w", q, err)
 		}
 		consumers[tag] = q
-		// One feeder per queue takes a concurrency slot before each
-		// delivery, so prefetch fills the channel but at most Concurrency
-		// messages run.
+		// One feeder per queue hands each delivery to a goroutine that takes
+		// a concurrency slot first, so prefetch fills the channel but at
+		// most Concurrency messages run.
 		feeders.Go(func() {
 			for d := range deliveries {
-				select {
-				case r.slots <- struct{}{}:
-				case <-consumeCtx.Done():
-					// Not started: give it back now rather than at close.
-					_ = d.Nack(false, true)
-					continue
-				}
+				log := r.log.With("queue", q, "delivery_tag", d.DeliveryTag, "redelivered", d.Redelivered)
+				// The broker's consumer timeout runs from delivery, so the
+				// hand-back timer starts here, and each delivery waits for a
+				// concurrency slot in its own goroutine (at most prefetch of
+				// them): a feeder blocked on one delivery would leave the
+				// next without a timer.
+				handedBack, settled := r.holdDelivery(log, &d)
 				handlers.Go(func() {
+					defer settled()
+					select {
+					case r.slots <- struct{}{}:
+					case <-handedBack:
+						// Handed back while it waited: the broker delivers it
+						// again, and nothing was started for it.
+						return
+					case <-consumeCtx.Done():
+						// Not started: give it back now rather than at close.
+						_ = d.Nack(false, true)
+						return
+					}
 					defer func() { <-r.slots }()
-					r.handle(jobCtx, pub, q, d)
+					r.handle(jobCtx, pub, q, d, log, handedBack)
 				})
 			}
 		})
@@ -178,6 +190,7 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 			if q != "" && r.queues.discovered(q) {
 				// A discovered queue was deleted: drop it, keep the rest.
 				delete(consumers, tag)
+				r.queues.drop(q)
 				r.log.Info("broker cancelled the consumer of a discovered queue (deleted?)", "queue", q)
 				continue
 			}
