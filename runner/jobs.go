@@ -85,6 +85,8 @@ type Claim struct {
 	mu   sync.Mutex
 	rev  int64
 	rec  secrets.JobRecord
+	// released is set by Release; renewals then leave the lease cleared.
+	released bool
 }
 
 // errClaimLost: another runner took the claim over (our lease expired, e.g.
@@ -196,7 +198,11 @@ func (c *Claim) update(ctx context.Context, what string, change func(*secrets.Jo
 // Renew extends the claim's lease.
 func (c *Claim) Renew(ctx context.Context) error {
 	return c.update(ctx, "renew claim of", func(r *secrets.JobRecord) {
-		r.LeaseUntil = time.Now().Add(c.jobs.lease())
+		// A released claim stays released: a renewal racing the release
+		// (KeepAlive still ticking) must not bring its lease back.
+		if !c.released {
+			r.LeaseUntil = time.Now().Add(c.jobs.lease())
+		}
 	})
 }
 
@@ -243,7 +249,10 @@ func (c *Claim) Responded(ctx context.Context, responseID string) error {
 // Release gives up an unfinished claim (shutdown, transient failure), so
 // the redelivery is taken over at once rather than after the lease.
 func (c *Claim) Release(ctx context.Context) error {
-	return c.update(ctx, "release claim of", func(r *secrets.JobRecord) { r.LeaseUntil = time.Time{} })
+	return c.update(ctx, "release claim of", func(r *secrets.JobRecord) {
+		r.LeaseUntil = time.Time{}
+		c.released = true
+	})
 }
 
 // rejectionID is the JobRecord key of a rejected message: the SHA-256 of its

@@ -66,3 +66,33 @@ func TestReleaseAfterAmbiguousFinish(t *testing.T) {
 		t.Errorf("another runner's claim: %v, %v; a finished job must not be taken over (run again)", cl, err)
 	}
 }
+
+// TestRenewAfterRelease: a renewal after Release (KeepAlive still ticking
+// while the runner backs off) must not bring the lease back, or another
+// runner would wait for a claim nobody works on.
+func TestRenewAfterRelease(t *testing.T) {
+	st, err := storage.New(memory.New(), memory.New(), storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := &Jobs{Store: st, Owner: "me.1"}
+	ctx := context.Background()
+	_, c, err := j.Claim(ctx, "q", "m2", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec := &secrets.JobRecord{MessageID: "m2"}
+	if _, err := st.Get(ctx, rec); err != nil || !rec.LeaseUntil.IsZero() {
+		t.Fatalf("lease after Release then Renew: %v (%v); want cleared", rec.LeaseUntil, err)
+	}
+	other := &Jobs{Store: st, Owner: "other.1"}
+	if cl, _, err := other.Claim(ctx, "q", "m2", time.Now()); err != nil || cl != claimTakeover {
+		t.Fatalf("another runner's claim of a released job: %v, %v; want takeover", cl, err)
+	}
+}
