@@ -145,8 +145,8 @@ func (s *queueSet) setFound(names []string) (added, removed []string) {
 	return added, removed
 }
 
-// listQueues asks the management API for the queue names in the AMQP URL's
-// vhost.
+// listQueues asks the management API for the names of the queues in the
+// AMQP URL's vhost that another connection may consume (not exclusive).
 func listQueues(ctx context.Context, hc *http.Client, base, amqpURL string) ([]string, error) {
 	au, err := url.Parse(amqpURL)
 	if err != nil {
@@ -160,7 +160,7 @@ func listQueues(ctx context.Context, hc *http.Client, base, amqpURL string) ([]s
 		vhost = v
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
-		strings.TrimSuffix(base, "/")+"/api/queues/"+url.PathEscape(vhost)+"?columns=name", nil)
+		strings.TrimSuffix(base, "/")+"/api/queues/"+url.PathEscape(vhost)+"?columns=name,exclusive", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -184,14 +184,18 @@ func listQueues(ctx context.Context, hc *http.Client, base, amqpURL string) ([]s
 		return nil, fmt.Errorf("list queues: management API answered %s: %s%s", resp.Status, strings.TrimSpace(string(b)), hint)
 	}
 	var qs []struct {
-		Name string `json:"name"`
+		Name      string `json:"name"`
+		Exclusive bool   `json:"exclusive"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&qs); err != nil {
 		return nil, fmt.Errorf("list queues: bad answer from the management API: %w", err)
 	}
 	names := make([]string, 0, len(qs))
 	for _, q := range qs {
-		names = append(names, q.Name)
+		// Only its owner connection may consume an exclusive queue.
+		if !q.Exclusive {
+			names = append(names, q.Name)
+		}
 	}
 	return names, nil
 }

@@ -32,6 +32,18 @@ func TestDiscoverQueues(t *testing.T) {
 		defer conn.Close()
 		ch, _ := conn.Channel()
 		declareBound(t, ch, qa, other)
+		// A matching queue exclusive to another connection (which stays
+		// open) can never be consumed by the runner: it must be passed
+		// over, not end the session for every queue.
+		owner, err := amqp.Dial(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { owner.Close() })
+		och, _ := owner.Channel()
+		if _, err := och.QueueDeclare(fixPrefix+"disc_excl", false, false, true, false, nil); err != nil {
+			t.Fatal(err)
+		}
 	}})
 	ch, err := h.dial().Channel()
 	if err != nil {

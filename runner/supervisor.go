@@ -151,13 +151,23 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 		}
 		return false
 	}
-	// consumeNew consumes every queue of the set not consumed yet.
+	// consumeNew consumes every queue of the set not consumed yet. A
+	// discovered queue is first checked on a channel of its own: a refused
+	// one (403, or 405 locked) would close the consuming channel and end
+	// the session for every queue, again at each retry.
 	consumeNew := func() error {
 		for _, q := range r.queues.all() {
-			if !consuming(q) {
-				if err := consume(q); err != nil {
-					return err
+			if consuming(q) {
+				continue
+			}
+			if r.queues.discovered(q) {
+				if err := probeQueue(conn, q); err != nil {
+					r.log.Warn("not consuming a discovered queue this runner may not use", "queue", q, "error", err)
+					continue
 				}
+			}
+			if err := consume(q); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -271,4 +281,16 @@ func tlsConfig(t *TLS) (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{cert}
 	}
 	return c, nil
+}
+
+// probeQueue checks, on a throwaway channel, that queue exists and this
+// connection may use it.
+func probeQueue(conn *amqp.Connection, queue string) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	_, err = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	return err
 }
