@@ -294,6 +294,15 @@ func (a *applier) stepBatch(ctx context.Context, steps []Step, idx []int) []Item
 	} else {
 		_, err = a.batch.PutBatch(ctx, items)
 	}
+	if err != nil && ctx.Err() == nil && ambiguous(err) {
+		// The batch may have committed with its answer lost (a timeout,
+		// etcd restarting). It is atomic, so if every value reads back as
+		// ours, it did: retrying item by item would report our own writes
+		// as conflicts.
+		if committed(a.verifyBatch(ctx, steps, idx)) {
+			err = nil
+		}
+	}
 	if err != nil {
 		if errors.Is(err, storage.ErrBatchUnsupported) {
 			a.unbatched.Store(true)
@@ -480,4 +489,24 @@ func compareDigest(back secrets.Model, sum [sha256.Size]byte) error {
 		return errors.New("verify: the value read back differs from the source (SHA-256 mismatch)")
 	}
 	return nil
+}
+
+// ambiguous says whether a failed write may nonetheless have been applied:
+// the backend did not answer, as opposed to refusing it.
+func ambiguous(err error) bool {
+	switch storage.Code(err) {
+	case driver.Unavailable, driver.Unknown:
+		return !errors.Is(err, storage.ErrBatchUnsupported)
+	}
+	return false
+}
+
+// committed says whether a batch's read-back found every value written.
+func committed(verr []error) bool {
+	for _, e := range verr {
+		if e != nil {
+			return false
+		}
+	}
+	return true
 }

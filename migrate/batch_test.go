@@ -192,3 +192,35 @@ func TestBatchedPlan(t *testing.T) {
 		t.Fatalf("the unreadable value was overwritten (%v)", err)
 	}
 }
+
+// lostAnswer commits a batch but answers as an unreachable backend would.
+type lostAnswer struct {
+	BatchStore
+	lost atomic.Int32
+}
+
+func (l *lostAnswer) PutBatch(ctx context.Context, items []storage.BatchItem) ([]int64, error) {
+	revs, err := l.BatchStore.PutBatch(ctx, items)
+	if err == nil && l.lost.Add(1) == 1 {
+		return nil, fmt.Errorf("test: answer lost: %w", context.DeadlineExceeded)
+	}
+	return revs, err
+}
+
+// TestBatchAnswerLost: a batch that committed although its write timed out
+// is found by its read-back and reported created, not as conflicts with
+// our own writes.
+func TestBatchAnswerLost(t *testing.T) {
+	d := newDest(t)
+	src := rawItems("la", 30)
+	la := &lostAnswer{BatchStore: d}
+	o := opts("slice:lost")
+	o.BatchSize, o.Concurrency = 10, 1
+	rep, err := Run(context.Background(), src, la, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if la.lost.Load() < 1 || rep.Counts[ResultCreated] != 30 || rep.Failed != 0 {
+		t.Fatalf("report after a lost answer: %s", rep.Summary())
+	}
+}
