@@ -115,19 +115,16 @@ func testTypedModels(t *testing.T, store Store) {
 
 func auditLines(t *testing.T, path string) []audit.Entry {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []audit.Entry
-	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		var e audit.Entry
-		if err := json.Unmarshal([]byte(l), &e); err != nil {
-			t.Fatalf("audit line %q: %v", l, err)
-		}
-		out = append(out, e)
+	defer f.Close()
+	entries, err := audit.ReadVerified(f)
+	if err != nil {
+		t.Fatalf("audit log %s: %v", path, err)
 	}
-	return out
+	return entries
 }
 
 func TestSecurity(t *testing.T) {

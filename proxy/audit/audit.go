@@ -252,7 +252,17 @@ type VerifyResult struct {
 // Verify checks the chain of a whole log read from r: every line parses, seq
 // increases by one from 1, and each Prev is the hash of the line before. It
 // reports the first broken line.
-func Verify(r io.Reader) (VerifyResult, error) {
+func Verify(r io.Reader) (VerifyResult, error) { return verify(r, nil) }
+
+// ReadVerified returns the entries of a whole log read from r, after
+// checking its chain as Verify does.
+func ReadVerified(r io.Reader) ([]Entry, error) {
+	var out []Entry
+	_, err := verify(r, func(e Entry) { out = append(out, e) })
+	return out, err
+}
+
+func verify(r io.Reader, visit func(Entry)) (VerifyResult, error) {
 	var res VerifyResult
 	prev := genesis
 	sc := bufio.NewScanner(r)
@@ -274,6 +284,9 @@ func Verify(r io.Reader) (VerifyResult, error) {
 		}
 		prev = lineHash(line)
 		res.LastSeq, res.LastHash = e.Seq, prev
+		if visit != nil {
+			visit(e)
+		}
 	}
 	if err := sc.Err(); err != nil {
 		return res, fmt.Errorf("line %d: %v", res.Lines+1, err)

@@ -202,20 +202,17 @@ func chunked(target, key, body string) string {
 		target, key, len(body), body)
 }
 
-// auditEntries reads and verifies the audit log.
+// auditEntries reads the audit log, checking its hash chain.
 func auditEntries(t *testing.T, path string) []audit.Entry {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []audit.Entry
-	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		var e audit.Entry
-		if err := json.Unmarshal([]byte(l), &e); err != nil {
-			t.Fatalf("audit line %q: %v", l, err)
-		}
-		out = append(out, e)
+	defer f.Close()
+	entries, err := audit.ReadVerified(f)
+	if err != nil {
+		t.Fatalf("audit log %s: %v", path, err)
 	}
-	return out
+	return entries
 }
