@@ -22,6 +22,8 @@ type faultStore struct {
 	refuse  bool
 	watches []chan struct{} // closed to break the watch
 	held    chan struct{}   // while open, events wait; closed to release them
+	// holds says which watches hold (nil: all).
+	holds func(kind, prefix string) bool
 }
 
 func newFaultStore(s Store) *faultStore {
@@ -31,19 +33,28 @@ func newFaultStore(s Store) *faultStore {
 }
 
 // hold delays every watch event until the returned func is called.
-func (f *faultStore) hold() (release func()) {
+func (f *faultStore) hold() (release func()) { return f.holdOnly(nil) }
+
+// holdOnly is hold for the watches match selects (nil: all), e.g. the
+// cache's own watch and not a client's stream.
+func (f *faultStore) holdOnly(match func(kind, prefix string) bool) (release func()) {
 	ch := make(chan struct{})
 	f.mu.Lock()
-	f.held = ch
+	f.held, f.holds = ch, match
 	f.mu.Unlock()
 	return func() { close(ch) }
 }
 
-func (f *faultStore) gate() <-chan struct{} {
+func (f *faultStore) gate(kind, prefix string) <-chan struct{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.holds != nil && !f.holds(kind, prefix) {
+		return closedGate
+	}
 	return f.held
 }
+
+var closedGate = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func (f *faultStore) Get(ctx context.Context, m secrets.Model) (int64, error) {
 	f.mu.Lock()
@@ -90,7 +101,7 @@ func (f *faultStore) Watch(ctx context.Context, kind, prefix string) (<-chan dri
 					return
 				}
 				select {
-				case <-f.gate():
+				case <-f.gate(kind, prefix):
 				case <-ctx.Done():
 					return
 				}
