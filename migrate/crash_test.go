@@ -225,39 +225,16 @@ func TestMigrateSurvivesSIGKILL(t *testing.T) {
 	// the next run, unless a later killed run may have completed (and
 	// removed it) before the kill landed.
 	maxKilled, wantResume := 0, false
-	for r := range rounds {
-		killAt, killAfter := 1+rnd.IntN(n), time.Duration(0)
-		if r%3 == 0 {
-			// By time, which can land before the first write (in the plan).
-			killAt, killAfter = -1, time.Duration(50+rnd.IntN(600))*time.Millisecond
-		}
-		last, killed, err := crashRun(t, "migrate", endpoint, keyEnv, report, killAt, killAfter)
-		t.Logf("round %d: kill at progress %d / after %v: killed=%v at progress %d (%v)", r, killAt, killAfter, killed, last, err)
-		if !killed && err != nil {
-			t.Fatalf("round %d: child failed on its own: %v", r, err)
-		}
-		if killed {
-			maxKilled = max(maxKilled, last)
-			switch {
-			case last == n:
-				wantResume = false
-			case last >= crashEvery:
-				wantResume = true
-			}
-		}
-	}
-	last, killed, err := crashRun(t, "migrate", endpoint, keyEnv, report, -1, 0)
-	if err != nil || killed {
-		t.Fatalf("final run: %v (progress %d)", err, last)
-	}
-	b, err := os.ReadFile(report)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var rep Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	crashRounds(t, "migrate", endpoint, keyEnv, report, rnd, n, rounds, func(last int) {
+		maxKilled = max(maxKilled, last)
+		switch {
+		case last == n:
+			wantResume = false
+		case last >= crashEvery:
+			wantResume = true
+		}
+	}, &rep)
 	// The report accounts for every item: written now or by a killed run
 	// (then unchanged), each verified, nothing failed or left out.
 	if rep.Total != n || rep.Failed != 0 || rep.Counts[ResultCreated]+rep.Counts[ResultUnchanged] != n {
@@ -365,33 +342,12 @@ func TestRotateSurvivesSIGKILL(t *testing.T) {
 
 	report := filepath.Join(t.TempDir(), "rotate.json")
 	endpoint := cli.Endpoints()[0]
-	for r := range rounds {
-		killAt, killAfter := 1+rnd.IntN(n), time.Duration(0)
-		if r%3 == 0 {
-			killAt, killAfter = -1, time.Duration(50+rnd.IntN(500))*time.Millisecond
-		}
-		last, killed, err := crashRun(t, "rotate", endpoint, keyEnv, report, killAt, killAfter)
-		t.Logf("round %d: kill at progress %d / after %v: killed=%v at progress %d (%v)", r, killAt, killAfter, killed, last, err)
-		if !killed && err != nil {
-			t.Fatalf("round %d: child failed on its own: %v", r, err)
-		}
-	}
-	last, killed, err := crashRun(t, "rotate", endpoint, keyEnv, report, -1, 0)
-	if err != nil || killed {
-		t.Fatalf("final run: %v (progress %d)", err, last)
-	}
+	var rep RotateReport
+	crashRounds(t, "rotate", endpoint, keyEnv, report, rnd, n, rounds, nil, &rep)
 	stop()
 	wg.Wait()
 	if failures.Load() != 0 || reads.Load() == 0 {
 		t.Fatalf("%d of %d concurrent reads failed during the killed rotations", failures.Load(), reads.Load())
-	}
-	b, err := os.ReadFile(report)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep RotateReport
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
 	}
 	if rep.Total != n || len(rep.Failed) != 0 || rep.Gone != 0 || rep.Resealed+rep.AlreadyCurrent != n ||
 		rep.Referenced["new"] != n || len(rep.Referenced) != 1 {
@@ -409,5 +365,39 @@ func TestRotateSurvivesSIGKILL(t *testing.T) {
 		if err != nil || string(e.Value) != value(i) {
 			t.Fatalf("r/%05d after rotation: %v", i, err)
 		}
+	}
+}
+
+// crashRounds runs the child in mode rounds times, each SIGKILLed at a
+// random progress point or, every third round, after a random time (which
+// can land before the first write), then once to completion, and decodes
+// that run's report into rep. onKill, if set, gets the progress each killed
+// run reached.
+func crashRounds(t *testing.T, mode, endpoint, keyEnv, report string, rnd *mrand.Rand, n, rounds int, onKill func(last int), rep any) {
+	t.Helper()
+	for r := range rounds {
+		killAt, killAfter := 1+rnd.IntN(n), time.Duration(0)
+		if r%3 == 0 {
+			killAt, killAfter = -1, time.Duration(50+rnd.IntN(600))*time.Millisecond
+		}
+		last, killed, err := crashRun(t, mode, endpoint, keyEnv, report, killAt, killAfter)
+		t.Logf("round %d: kill at progress %d / after %v: killed=%v at progress %d (%v)", r, killAt, killAfter, killed, last, err)
+		if !killed && err != nil {
+			t.Fatalf("round %d: child failed on its own: %v", r, err)
+		}
+		if killed && onKill != nil {
+			onKill(last)
+		}
+	}
+	last, killed, err := crashRun(t, mode, endpoint, keyEnv, report, -1, 0)
+	if err != nil || killed {
+		t.Fatalf("final run: %v (progress %d)", err, last)
+	}
+	b, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, rep); err != nil {
+		t.Fatal(err)
 	}
 }
