@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +54,21 @@ func TestOpsEndpoints(t *testing.T) {
 	}
 	if strings.Contains(metrics, secret) || strings.Contains(metrics, f.adminKey) {
 		t.Fatal("metrics leak a secret")
+	}
+	// The PUT and the GET were audited: two lines, at least one fsync, and
+	// time spent in it.
+	if !strings.Contains(metrics, "\nsealrun_proxy_audit_lines_total 2\n") {
+		t.Errorf("audit lines metric wrong:\n%s", metrics)
+	}
+	for _, name := range []string{"sealrun_proxy_audit_fsyncs_total", "sealrun_proxy_audit_fsync_seconds_total"} {
+		m := regexp.MustCompile(`\n` + name + ` (\S+)\n`).FindStringSubmatch(metrics)
+		if m == nil {
+			t.Errorf("%s missing:\n%s", name, metrics)
+			continue
+		}
+		if v, err := strconv.ParseFloat(m[1], 64); err != nil || v <= 0 {
+			t.Errorf("%s = %q, want a positive number", name, m[1])
+		}
 	}
 	cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -122,8 +122,12 @@ func NewServer(o Options) (*Server, error) {
 		Help: "Audit lines written and fsync'd."}, func() float64 { return float64(o.Audit.Stats().Lines) })
 	auditSyncs := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sealrun_proxy_audit_fsyncs_total",
 		Help: "Audit log fsyncs (each covers a batch of lines)."}, func() float64 { return float64(o.Audit.Stats().Syncs) })
+	// Every GET waits for an fsync, so this over fsyncs (the disk's flush
+	// latency) bounds what the proxy serves at a given concurrency.
+	auditSyncTime := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sealrun_proxy_audit_fsync_seconds_total",
+		Help: "Time spent writing and fsyncing the audit log."}, func() float64 { return o.Audit.Stats().SyncTime.Seconds() })
 	if o.Metrics != nil {
-		for _, c := range []prometheus.Collector{s.reqs, s.latency, auditLines, auditSyncs} {
+		for _, c := range []prometheus.Collector{s.reqs, s.latency, auditLines, auditSyncs, auditSyncTime} {
 			if err := o.Metrics.Register(c); err != nil {
 				return nil, err
 			}

@@ -47,20 +47,28 @@ var genesis = hex.EncodeToString(make([]byte, sha256.Size))
 
 // Logger appends entries to a file.
 type Logger struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	f      *os.File
-	buf    []byte // encoded lines not yet written
-	spare  []byte // the buffer being (or last) written, reused for the next batch
-	seq    uint64 // last assigned
-	synced uint64 // last on disk
-	prev   string
-	err    error // sticky write error: the log is broken, refuse service
-	closed bool
-	now    func() time.Time
-	stats  Stats
-	work   *sync.Cond    // wakes the flusher: lines queued, or closing
-	done   chan struct{} // closed when the flusher has drained and exited
+	mu      sync.Mutex
+	f       *os.File
+	buf     []byte // encoded lines of the filling batch
+	spare   []byte // the buffer being (or last) written, reused for the next batch
+	filling *batch // the batch new lines join; nil until a line arrives
+	seq     uint64 // last assigned
+	prev    string
+	err     error // sticky write error: the log is broken, refuse service
+	closed  bool
+	now     func() time.Time
+	stats   Stats
+	work    *sync.Cond    // wakes the flusher: lines queued, or closing
+	done    chan struct{} // closed when the flusher has drained and exited
+}
+
+// batch is the lines that share one fsync. Its writers wait on done alone,
+// so the end of an fsync wakes only the requests it made durable, and none
+// of them needs the logger's lock to learn it.
+type batch struct {
+	lines uint64
+	done  chan struct{}
+	err   error // set before done is closed
 }
 
 // Stats count what the log has made durable. Lines/Syncs is the group
@@ -87,7 +95,6 @@ func Open(path string) (*Logger, error) {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	l := &Logger{f: f, prev: genesis, now: time.Now}
-	l.cond = sync.NewCond(&l.mu)
 	last, err := lastLine(f)
 	if err != nil {
 		f.Close()
@@ -99,7 +106,7 @@ func Open(path string) (*Logger, error) {
 			f.Close()
 			return nil, fmt.Errorf("audit log %s: last line is not an entry (run sealrun audit verify): %w", path, err)
 		}
-		l.seq, l.synced, l.prev = e.Seq, e.Seq, lineHash(last)
+		l.seq, l.prev = e.Seq, lineHash(last)
 	}
 	l.work = sync.NewCond(&l.mu)
 	l.done = make(chan struct{})
@@ -155,76 +162,73 @@ func (l *Logger) Log(ctx context.Context, e Entry) error {
 	if e.Time.IsZero() {
 		e.Time = l.now().UTC()
 	}
-	l.seq++
-	e.Seq, e.Prev = l.seq, l.prev
+	e.Seq, e.Prev = l.seq+1, l.prev
 	line, err := json.Marshal(e)
 	if err != nil {
-		l.seq--
 		l.mu.Unlock()
 		return err
 	}
+	l.seq++
 	l.prev = lineHash(line)
 	l.buf = append(append(l.buf, line...), '\n')
-	mine := e.Seq
-	l.work.Signal()
-	for l.synced < mine && l.err == nil {
-		l.cond.Wait()
+	if l.filling == nil {
+		l.filling = &batch{done: make(chan struct{})}
+		l.work.Signal()
 	}
-	err = l.err
+	b := l.filling
+	b.lines++
 	l.mu.Unlock()
-	if err != nil {
-		return err
+	<-b.done
+	if b.err != nil {
+		return b.err
 	}
 	return ctx.Err()
 }
 
-// flusher writes and fsyncs whatever is queued, batch after batch, until
-// the log is closed and drained.
+// flusher writes and fsyncs the filling batch, batch after batch, until
+// the log is closed and drained. It starts the next fsync the moment one
+// ends: the lines that arrived meanwhile are the next batch.
 func (l *Logger) flusher() {
 	defer close(l.done)
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	for {
-		for len(l.buf) == 0 && !l.closed {
+		for l.filling == nil && !l.closed {
 			l.work.Wait()
 		}
-		if len(l.buf) == 0 {
+		b := l.filling
+		if b == nil {
+			l.mu.Unlock()
 			return // closed, and every line is on disk
 		}
-		if l.err != nil {
-			// The log is broken: nothing more reaches it, and the waiters
-			// get the error.
-			l.buf = l.buf[:0]
-			l.cond.Broadcast()
-			continue
-		}
-		l.flushLocked()
-	}
-}
+		buf, err := l.buf, l.err
+		l.buf, l.spare, l.filling = l.spare[:0], nil, nil
+		l.mu.Unlock()
 
-// flushLocked writes and fsyncs the buffer with the lock released, so
-// writers can queue the next batch meanwhile.
-func (l *Logger) flushLocked() {
-	buf, upto, from := l.buf, l.seq, l.synced
-	l.buf, l.spare = l.spare[:0], nil // the next batch fills the other buffer
-	l.mu.Unlock()
-	start := time.Now()
-	_, err := l.f.Write(buf)
-	if err == nil {
-		err = l.f.Sync()
+		start := time.Now()
+		if err == nil {
+			if _, err = l.f.Write(buf); err == nil {
+				err = l.f.Sync()
+			}
+			if err != nil {
+				err = fmt.Errorf("audit log write failed, refusing further access: %w", err)
+			}
+		}
+		took := time.Since(start)
+
+		l.mu.Lock()
+		l.spare = buf
+		if err != nil {
+			// The log is broken: nothing more reaches it, and this batch's
+			// writers and every later one get the error.
+			l.err = err
+		} else {
+			l.stats.Lines += b.lines
+			l.stats.Syncs++
+			l.stats.SyncTime += took
+		}
+		b.err = err
+		close(b.done)
 	}
-	took := time.Since(start)
-	l.mu.Lock()
-	l.spare = buf
-	if err != nil {
-		l.err = fmt.Errorf("audit log write failed, refusing further access: %w", err)
-	} else {
-		l.synced = upto
-		l.stats.Lines += upto - from
-		l.stats.Syncs++
-		l.stats.SyncTime += took
-	}
-	l.cond.Broadcast()
 }
 
 // Close writes what is queued, stops the flusher and closes the file.
