@@ -115,29 +115,6 @@ func reportAudit(b *testing.B, before, after audit.Stats) {
 	}
 }
 
-// waitValueCache waits until the server's value cache watches every kind,
-// so a benchmark measures the steady state.
-func waitValueCache(b *testing.B, f *fixture) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		f.srv.values.mu.RLock()
-		n := 0
-		for _, live := range f.srv.values.live {
-			if live {
-				n++
-			}
-		}
-		f.srv.values.mu.RUnlock()
-		if n == len(valueKinds()) {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("value cache watches not established within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // BenchmarkProxyGetUncached: over the socket, authenticated, authorized,
 // audited (fsync'd, group commit); the client's cache is bypassed, the
 // server's watch-invalidated value cache is on (as Run sets it up for the

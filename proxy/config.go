@@ -71,12 +71,19 @@ type Cache struct {
 	// lands on the same version between two polls is never seen (stale
 	// until evicted or restarted). "on" with Vault accepts that.
 	Values string `yaml:"values"`
-	// Entries bounds the cache (values, not bytes); default 10000.
+	// Entries bounds how many values the cache holds; default 10000.
 	Entries int `yaml:"entries"`
+	// Bytes bounds the memory those values take (value and name bytes);
+	// default 64 MiB. A value larger than an eighth of it is not cached.
+	Bytes int64 `yaml:"bytes"`
 }
 
-// DefaultCacheEntries is cache.entries when unset.
-const DefaultCacheEntries = 10000
+// DefaultCacheEntries and DefaultCacheBytes are cache.entries and
+// cache.bytes when unset.
+const (
+	DefaultCacheEntries       = 10000
+	DefaultCacheBytes   int64 = 64 << 20
+)
 
 // LoadConfig reads and validates a proxy configuration file.
 func LoadConfig(path string) (*Config, error) {
@@ -130,11 +137,14 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 	default:
 		return nil, fmt.Errorf("cache.values %q: want auto, on or off", c.Cache.Values)
 	}
-	if c.Cache.Entries < 0 {
-		return nil, errors.New("cache.entries must not be negative")
+	if c.Cache.Entries < 0 || c.Cache.Bytes < 0 {
+		return nil, errors.New("cache.entries and cache.bytes must not be negative")
 	}
 	if c.Cache.Entries == 0 {
 		c.Cache.Entries = DefaultCacheEntries
+	}
+	if c.Cache.Bytes == 0 {
+		c.Cache.Bytes = DefaultCacheBytes
 	}
 	if c.Limits.MaxBody < 0 || c.Limits.Rate < 0 || c.Limits.Burst < 0 {
 		return nil, errors.New("limits: values must not be negative")
@@ -161,7 +171,7 @@ func (c *Config) SocketMode() (os.FileMode, error) {
 // Audit still to be filled in).
 func (c *Config) Options() Options {
 	return Options{IDHeader: c.Auth.IDHeader, KeyHeader: c.Auth.KeyHeader, AllowedUIDs: c.Auth.AllowedUIDs,
-		MaxBody: c.Limits.MaxBody, Rate: c.Limits.Rate, Burst: c.Limits.Burst, ValueCache: c.valueCache()}
+		MaxBody: c.Limits.MaxBody, Rate: c.Limits.Rate, Burst: c.Limits.Burst, ValueCache: c.valueCache(), ValueCacheBytes: c.Cache.Bytes}
 }
 
 // valueCache is Options.ValueCache: the entry bound, or 0 for off.

@@ -63,6 +63,7 @@ storage:
 		{"overlay sized", "cache: {values: auto, entries: 7}\n" + overlayStorage, 7, ""},
 		{"bad mode", "cache: {values: maybe, entries: 5}\n" + overlayStorage, 0, "cache.values"},
 		{"negative", "cache: {values: auto, entries: -1}\n" + overlayStorage, 0, "cache.entries"},
+		{"negative bytes", "cache: {values: auto, bytes: -1}\n" + overlayStorage, 0, "cache.bytes"},
 		{"unknown field", "cache: {values: auto, entries: 5, ttl: 3s}\n" + overlayStorage, 0, "ttl"},
 	} {
 		cfg, err := DecodeConfig(strings.NewReader(c.yaml))
@@ -79,6 +80,13 @@ storage:
 		if got := cfg.Options().ValueCache; got != c.want {
 			t.Errorf("%s: ValueCache %d, want %d", c.name, got, c.want)
 		}
+	}
+	cfg, err := DecodeConfig(strings.NewReader("cache: {bytes: 1048576}\n" + overlayStorage))
+	if err != nil || cfg.Options().ValueCacheBytes != 1<<20 {
+		t.Errorf("cache.bytes 1048576: %v, ValueCacheBytes %d", err, cfg.Options().ValueCacheBytes)
+	}
+	if cfg, err := DecodeConfig(strings.NewReader(overlayStorage)); err != nil || cfg.Options().ValueCacheBytes != DefaultCacheBytes {
+		t.Errorf("cache.bytes default: %v", err)
 	}
 	for file, want := range map[string]int{"proxy.yaml": DefaultCacheEntries, "proxy-etcd-tls.yaml": DefaultCacheEntries, "proxy-vault.yaml": 0} {
 		cfg, err := LoadConfig(filepath.Join("..", "configs", file))

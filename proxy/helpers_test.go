@@ -193,3 +193,26 @@ func vaultEnv(t testing.TB) (*storage.Service, *vaultapi.Client, string) {
 
 // backends are the secret stores every API test runs against.
 var backends = map[string]func(testing.TB) *storage.Service{"overlay-etcd": overlayStore, "vault": vaultStore}
+
+// waitValueCache waits until the server's value cache watches every kind,
+// so a test or benchmark sees the steady state.
+func waitValueCache(b testing.TB, f *fixture) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f.srv.values.mu.RLock()
+		n := 0
+		for _, live := range f.srv.values.live {
+			if live {
+				n++
+			}
+		}
+		f.srv.values.mu.RUnlock()
+		if n == len(valueKinds()) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("value cache watches not established within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

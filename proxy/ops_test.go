@@ -38,6 +38,7 @@ func TestOpsEndpoints(t *testing.T) {
 	reg := NewMetricsRegistry()
 	f := startProxy(t, svc, func(o *Options) { o.Metrics = reg })
 	const secret = "metrics-must-not-see-this"
+	waitValueCache(t, f)
 	f.raw(t, "PUT", "/secrets/m", f.admin(jsonCT, "application/json"), simple(secret))
 	f.raw(t, "GET", "/secrets/m", f.admin(), "")
 	ops := httptest.NewServer(OpsHandler(svc, reg))
@@ -60,7 +61,8 @@ func TestOpsEndpoints(t *testing.T) {
 	if !strings.Contains(metrics, "\nsealrun_proxy_audit_lines_total 2\n") {
 		t.Errorf("audit lines metric wrong:\n%s", metrics)
 	}
-	for _, name := range []string{"sealrun_proxy_audit_fsyncs_total", "sealrun_proxy_audit_fsync_seconds_total"} {
+	// ... and the GET filled the value cache (the fixture turns it on).
+	for _, name := range []string{"sealrun_proxy_audit_fsyncs_total", "sealrun_proxy_audit_fsync_seconds_total", "sealrun_proxy_value_cache_entries", "sealrun_proxy_value_cache_bytes"} {
 		m := regexp.MustCompile(`\n` + name + ` (\S+)\n`).FindStringSubmatch(metrics)
 		if m == nil {
 			t.Errorf("%s missing:\n%s", name, metrics)

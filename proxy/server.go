@@ -61,6 +61,9 @@ type Options struct {
 	// WatchValues runs and the backend's Watch reports every change (the
 	// etcd overlay); until its watches are established it is not used.
 	ValueCache int
+	// ValueCacheBytes bounds the bytes of the cached values and names;
+	// default DefaultCacheBytes.
+	ValueCacheBytes int64
 }
 
 // Server serves the API. It is an http.Handler.
@@ -115,7 +118,10 @@ func NewServer(o Options) (*Server, error) {
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	if o.ValueCache > 0 {
-		s.values = newValueCache(o.ValueCache)
+		if o.ValueCacheBytes <= 0 {
+			o.ValueCacheBytes = DefaultCacheBytes
+		}
+		s.values = newValueCache(o.ValueCache, o.ValueCacheBytes)
 	}
 	// Group commit at work: lines over fsyncs is the batch size.
 	auditLines := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sealrun_proxy_audit_lines_total",
@@ -126,8 +132,16 @@ func NewServer(o Options) (*Server, error) {
 	// latency) bounds what the proxy serves at a given concurrency.
 	auditSyncTime := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sealrun_proxy_audit_fsync_seconds_total",
 		Help: "Time spent writing and fsyncing the audit log."}, func() float64 { return o.Audit.Stats().SyncTime.Seconds() })
+	collectors := []prometheus.Collector{s.reqs, s.latency, auditLines, auditSyncs, auditSyncTime}
+	if s.values != nil {
+		collectors = append(collectors,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sealrun_proxy_value_cache_entries",
+				Help: "Decrypted values in the proxy's value cache."}, func() float64 { n, _ := s.values.size(); return float64(n) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sealrun_proxy_value_cache_bytes",
+				Help: "Bytes of the values and names in the proxy's value cache (bounded by cache.bytes)."}, func() float64 { _, b := s.values.size(); return float64(b) }))
+	}
 	if o.Metrics != nil {
-		for _, c := range []prometheus.Collector{s.reqs, s.latency, auditLines, auditSyncs, auditSyncTime} {
+		for _, c := range collectors {
 			if err := o.Metrics.Register(c); err != nil {
 				return nil, err
 			}

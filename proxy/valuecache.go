@@ -20,10 +20,12 @@ import (
 // Values in it are secrets: nothing here logs, counts or labels them, or
 // their names.
 type valueCache struct {
-	max int
+	max      int   // entries
+	maxBytes int64 // of values and names
 
 	mu      sync.RWMutex
 	entries map[cacheKey]cached
+	bytes   int64 // size of every entry
 	live    map[string]bool // kinds whose watch is established
 	gen     uint64          // bumped on every invalidation; a fill that raced one is dropped
 }
@@ -52,8 +54,16 @@ func valueKinds() []string {
 	return kinds
 }
 
-func newValueCache(max int) *valueCache {
-	return &valueCache{max: max, entries: map[cacheKey]cached{}, live: map[string]bool{}}
+func newValueCache(max int, maxBytes int64) *valueCache {
+	return &valueCache{max: max, maxBytes: maxBytes, entries: map[cacheKey]cached{}, live: map[string]bool{}}
+}
+
+// entryOverhead approximates an entry's map slot, key and header bytes,
+// so that many tiny values are bounded by bytes too.
+const entryOverhead = 96
+
+func entrySize(k cacheKey, v value) int64 {
+	return int64(len(k.kind) + len(k.key) + len(v) + entryOverhead)
 }
 
 // get returns the cached value, or the generation a fill must quote.
@@ -80,21 +90,34 @@ func (c *valueCache) fill(kind, key string, v value, gen uint64) {
 		return
 	}
 	k := cacheKey{kind, key}
-	if _, ok := c.entries[k]; !ok && len(c.entries) >= c.max {
-		// Bounded: evict an arbitrary entry (Go's map order is random), which
-		// needs no bookkeeping on the read path, unlike LRU.
-		for old := range c.entries {
-			delete(c.entries, old)
+	size := entrySize(k, v)
+	if size > c.maxBytes/8 {
+		return // one value must not flush an eighth of the cache
+	}
+	c.deleteLocked(k)
+	// Bounded: evict arbitrary entries (Go's map order is random), which
+	// needs no bookkeeping on the read path, unlike LRU.
+	for old := range c.entries {
+		if len(c.entries) < c.max && c.bytes+size <= c.maxBytes {
 			break
 		}
+		c.deleteLocked(old)
 	}
 	c.entries[k] = cached{v: v, at: time.Now()}
+	c.bytes += size
+}
+
+func (c *valueCache) deleteLocked(k cacheKey) {
+	if e, ok := c.entries[k]; ok {
+		c.bytes -= entrySize(k, e.v)
+		delete(c.entries, k)
+	}
 }
 
 // invalidate drops one entry: a write through this proxy or a watch event.
 func (c *valueCache) invalidate(kind, key string) {
 	c.mu.Lock()
-	delete(c.entries, cacheKey{kind, key})
+	c.deleteLocked(cacheKey{kind, key})
 	c.gen++
 	c.mu.Unlock()
 }
@@ -120,16 +143,17 @@ func (c *valueCache) flushKind(kind string) {
 func (c *valueCache) flushLocked(kind string) {
 	for k := range c.entries {
 		if k.kind == kind {
-			delete(c.entries, k)
+			c.deleteLocked(k)
 		}
 	}
 	c.gen++
 }
 
-func (c *valueCache) len() int {
+// size returns the number of entries and their bytes.
+func (c *valueCache) size() (int, int64) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.entries)
+	return len(c.entries), c.bytes
 }
 
 // WatchValues keeps the server's value cache correct until ctx ends: one

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -265,14 +266,14 @@ func TestValueCacheWatchBreak(t *testing.T) {
 	putRaw(t, other, "wb", "before-break")
 	eventually(t, "GET fills the cache", func() bool {
 		f.get(t, "wb")
-		return f.srv.values.len() > 0
+		return cacheLen(f.srv.values) > 0
 	})
 
 	fs.breakAll(true)
 	eventually(t, "cache flushed after the watch broke", func() bool {
 		f.srv.values.mu.RLock()
 		defer f.srv.values.mu.RUnlock()
-		return !f.srv.values.live[secrets.KindRaw] && f.srv.values.len() == 0
+		return !f.srv.values.live[secrets.KindRaw] && cacheLen(f.srv.values) == 0
 	})
 	// No watch, so no event: only an uncached read can see this.
 	putRaw(t, other, "wb", "during-break")
@@ -285,7 +286,7 @@ func TestValueCacheWatchBreak(t *testing.T) {
 	if n := fs.count(secrets.KindRaw) - reads; n != 3 {
 		t.Fatalf("with the watch down 3 GETs read the backend %d times, want 3", n)
 	}
-	if n := f.srv.values.len(); n != 0 {
+	if n := cacheLen(f.srv.values); n != 0 {
 		t.Fatalf("%d entries cached while the watch was down", n)
 	}
 
@@ -302,15 +303,20 @@ func TestValueCacheWatchBreak(t *testing.T) {
 	})
 }
 
-// TestValueCacheBounded: the cache never holds more than its bound.
+// TestValueCacheBounded: the cache never holds more entries or bytes than
+// its bounds, its byte count follows fills, replacements, invalidations
+// and flushes exactly, and a value too large for it is not cached.
 func TestValueCacheBounded(t *testing.T) {
-	c := newValueCache(3)
+	c := newValueCache(3, 1<<20)
 	c.setLive(secrets.KindRaw, true)
-	for i := range 10 {
-		_, gen, _ := c.get(secrets.KindRaw, "k")
-		c.fill(secrets.KindRaw, string(rune('a'+i)), value("v"), gen)
+	fill := func(key string, v value) {
+		_, gen, _ := c.get(secrets.KindRaw, key)
+		c.fill(secrets.KindRaw, key, v, gen)
 	}
-	if n := c.len(); n != 3 {
+	for i := range 10 {
+		fill(string(rune('a'+i)), value("v"))
+	}
+	if n := cacheLen(c); n != 3 {
 		t.Fatalf("%d entries, want the bound 3", n)
 	}
 	// A fill that raced an invalidation is dropped.
@@ -320,6 +326,55 @@ func TestValueCacheBounded(t *testing.T) {
 	if _, _, ok := c.get(secrets.KindRaw, "z"); ok {
 		t.Fatal("a fill that raced an invalidation was cached")
 	}
+
+	// Bytes: 64 KiB values in a 1 MiB cache with room for 100 entries.
+	const maxBytes = 1 << 20
+	c = newValueCache(100, maxBytes)
+	c.setLive(secrets.KindRaw, true)
+	big := value(strings.Repeat("x", 64<<10))
+	for i := range 40 {
+		fill(fmt.Sprintf("big-%02d", i), big)
+		if _, b := c.size(); b > maxBytes {
+			t.Fatalf("after %d fills the cache holds %d bytes, over its 1 MiB bound", i+1, b)
+		}
+	}
+	fits := int(maxBytes / entrySize(cacheKey{secrets.KindRaw, "big-00"}, big))
+	if n, _ := c.size(); n != fits {
+		t.Fatalf("%d entries of 64 KiB in 1 MiB, want %d", n, fits)
+	}
+	// Over an eighth of the bound: not cached, nothing evicted for it.
+	fill("huge", value(strings.Repeat("x", maxBytes/8)))
+	if _, _, ok := c.get(secrets.KindRaw, "huge"); ok {
+		t.Fatal("a value over an eighth of the cache was cached")
+	}
+	if n, _ := c.size(); n != fits {
+		t.Fatalf("a refused value evicted entries: %d left, want %d", n, fits)
+	}
+	// The byte count is exact: replace, invalidate and flush bring it back
+	// to the sum of what is left, and to 0.
+	var key string
+	for k := range c.entries {
+		key = k.key
+		break
+	}
+	fill(key, value("small"))
+	want := int64(0)
+	for k, e := range c.entries {
+		want += entrySize(k, e.v)
+	}
+	if _, b := c.size(); b != want {
+		t.Fatalf("byte count %d after a replacement, entries sum to %d", b, want)
+	}
+	c.invalidate(secrets.KindRaw, key)
+	c.flushKind(secrets.KindRaw)
+	if n, b := c.size(); n != 0 || b != 0 {
+		t.Fatalf("after flush: %d entries, %d bytes; want 0, 0", n, b)
+	}
+}
+
+func cacheLen(c *valueCache) int {
+	n, _ := c.size()
+	return n
 }
 
 // TestCredentialCache: authentication is served from the credential cache
