@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"testing"
 )
@@ -33,5 +36,35 @@ func TestAPIKeyHasher(t *testing.T) {
 	wg.Wait()
 	if !h.check("a", " sr1.k\n", hashAPIKey(pepper, "a", "sr1.k")) {
 		t.Error("surrounding whitespace of a key (from a key file) must not matter")
+	}
+}
+
+// Unknown ids are remembered only up to a bound: a client sending made-up
+// ids cannot grow the proxy's memory.
+func TestUnknownIDsBounded(t *testing.T) {
+	f := startProxy(t, overlayStore(t), nil)
+	creds := f.srv.o.Credentials
+	creds.mu.Lock()
+	creds.maxUnknown = 5
+	creds.mu.Unlock()
+	eventually(t, "revocation watch established", func() bool {
+		creds.mu.Lock()
+		defer creds.mu.Unlock()
+		return creds.live
+	})
+	for i := range 20 {
+		if _, err := creds.Authenticate(context.Background(), fmt.Sprintf("made-up-%d", i), "sr1.guess"); !errors.Is(err, errUnauthenticated) {
+			t.Fatalf("unknown id %d: %v", i, err)
+		}
+	}
+	if _, err := creds.Authenticate(context.Background(), "admin", f.adminKey); err != nil {
+		t.Fatal(err)
+	}
+	creds.mu.Lock()
+	n := len(creds.cache)
+	_, adminCached := creds.cache["admin"]
+	creds.mu.Unlock()
+	if n > 6 || !adminCached {
+		t.Fatalf("%d cached credentials (admin cached: %v), want at most 5 unknown ids plus admin", n, adminCached)
 	}
 }

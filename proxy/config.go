@@ -57,6 +57,9 @@ type Limits struct {
 	MaxBody int64   `yaml:"max_body"` // bytes, default 1 MiB
 	Rate    float64 `yaml:"rate"`     // requests/s per credential, default 200
 	Burst   int     `yaml:"burst"`    // default 400
+	// WatchStreams bounds the watch streams one credential holds open;
+	// default 64.
+	WatchStreams int `yaml:"watch_streams"`
 }
 
 // Cache configures the proxy's cache of decrypted values, which serves GETs
@@ -146,7 +149,7 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 	if c.Cache.Bytes == 0 {
 		c.Cache.Bytes = DefaultCacheBytes
 	}
-	if c.Limits.MaxBody < 0 || c.Limits.Rate < 0 || c.Limits.Burst < 0 {
+	if c.Limits.MaxBody < 0 || c.Limits.Rate < 0 || c.Limits.Burst < 0 || c.Limits.WatchStreams < 0 {
 		return nil, errors.New("limits: values must not be negative")
 	}
 	return &c, nil
@@ -171,7 +174,7 @@ func (c *Config) SocketMode() (os.FileMode, error) {
 // Audit still to be filled in).
 func (c *Config) Options() Options {
 	return Options{IDHeader: c.Auth.IDHeader, KeyHeader: c.Auth.KeyHeader, AllowedUIDs: c.Auth.AllowedUIDs,
-		MaxBody: c.Limits.MaxBody, Rate: c.Limits.Rate, Burst: c.Limits.Burst, ValueCache: c.valueCache(), ValueCacheBytes: c.Cache.Bytes}
+		MaxBody: c.Limits.MaxBody, Rate: c.Limits.Rate, Burst: c.Limits.Burst, ValueCache: c.valueCache(), ValueCacheBytes: c.Cache.Bytes, MaxWatchStreams: c.Limits.WatchStreams}
 }
 
 // valueCache is Options.ValueCache: the entry bound, or 0 for off.

@@ -41,6 +41,10 @@ type Credentials struct {
 	gen   uint64 // bumped on every invalidation; a fetch that raced one is not cached
 	ttl   time.Duration
 	now   func() time.Time
+	// maxUnknown bounds the entries for ids that do not exist: those are
+	// the client's choice. Past it they are not remembered (the failure
+	// limiter slows whoever sends them).
+	maxUnknown int
 }
 
 type cachedCred struct {
@@ -52,7 +56,7 @@ type cachedCred struct {
 func NewCredentials(store Store) *Credentials {
 	// The TTL only bounds how long an entry lives if the watch silently
 	// stalls; revocations normally arrive through the watch at once.
-	return &Credentials{store: store, cache: map[string]cachedCred{}, ttl: 30 * time.Second, now: time.Now}
+	return &Credentials{store: store, cache: map[string]cachedCred{}, ttl: 30 * time.Second, now: time.Now, maxUnknown: 10000}
 }
 
 // loadPepper reads, or on first use creates, the HMAC key. Concurrent
@@ -196,7 +200,7 @@ func (c *Credentials) Authenticate(ctx context.Context, id, key string) (*secret
 		c.mu.Lock()
 		// Only a fetch that no invalidation raced, under an established
 		// watch, may be cached: otherwise a revocation could be undone.
-		if c.live && c.gen == gen {
+		if c.live && c.gen == gen && (e.cred != nil || len(c.cache) < c.maxUnknown) {
 			c.cache[id] = e
 		}
 		c.mu.Unlock()

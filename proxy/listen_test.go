@@ -8,15 +8,52 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
+
+// With a group, the socket is 0660 and group-owned, and a directory the
+// proxy creates for it is group-owned too, so the group can reach it.
+func TestListenUnixGroup(t *testing.T) {
+	g, err := user.LookupGroupId(strconv.Itoa(os.Getgid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "run", "s.sock")
+	ln, err := ListenUnix(path, 0o660, g.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for p, want := range map[string]os.FileMode{path: 0o660, filepath.Dir(path): 0o750} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want || int(fi.Sys().(*syscall.Stat_t).Gid) != os.Getgid() {
+			t.Errorf("%s: mode %v gid %d, want %v gid %d", p, fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Gid, want, os.Getgid())
+		}
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("connect through the moved socket: %v", err)
+	}
+	c.Close()
+	if _, err := ListenUnix(filepath.Join(t.TempDir(), "s.sock"), 0o660, "no-such-group-sealrun"); err == nil || !strings.Contains(err.Error(), "socket group") {
+		t.Fatalf("unknown group: %v", err)
+	}
+}
 
 func TestListenUnixStaleAndLive(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.sock")
@@ -37,19 +74,32 @@ func TestListenUnixStaleAndLive(t *testing.T) {
 	if _, err := ListenUnix(path, 0, ""); err == nil || !strings.Contains(err.Error(), "another server") {
 		t.Fatalf("second listener on a live socket: %v", err)
 	}
+	// A socket it cannot probe (here: no permission to connect) may be a
+	// live server's: left alone, with an error saying so.
+	if os.Getuid() != 0 { // root may connect anyway, and then sees it live
+		os.Chmod(path, 0)
+		if _, err := ListenUnix(path, 0, ""); err == nil || !strings.Contains(err.Error(), "cannot tell") {
+			t.Fatalf("listener on a socket it may not probe: %v", err)
+		}
+		os.Chmod(path, 0o600)
+	}
 	// A dead server's socket file is stale: replaced.
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	ln.Close()
+	ln.(*unixListener).UnixListener.Close() // a crash: the file stays
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("stale socket should still exist: %v", err)
 	}
 	ln2, err := ListenUnix(path, 0o660, "")
-	if err == nil {
-		ln2.Close()
-	}
 	if err != nil {
 		// 0660 needs no group at this level; the config insists on one.
 		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("replaced socket: %v %v, want mode 0660", fi.Mode(), err)
+	}
+	// Closing removes the socket and leaves nothing else behind.
+	ln2.Close()
+	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 0 {
+		t.Fatalf("left in the socket directory after Close: %v", ents)
 	}
 	// A regular file is never removed.
 	file := filepath.Join(t.TempDir(), "f")
@@ -99,7 +149,11 @@ func TestTLSListenerRequiresClientCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := startProxy(t, overlayStore(t), nil)
+	// allowed_uids limits the unix socket only (no uid here may use it).
+	f := startProxy(t, overlayStore(t), func(o *Options) { o.AllowedUIDs = []int{os.Getuid() + 4242} })
+	if code, _ := f.raw(t, "GET", "/secrets/", f.admin(), ""); code != http.StatusForbidden {
+		t.Fatalf("unix peer outside allowed_uids: %d, want 403", code)
+	}
 	hs := f.srv.HTTPServer()
 	go hs.Serve(ln)
 	defer hs.Close()
@@ -151,5 +205,75 @@ func TestSlowClientIsDisconnected(t *testing.T) {
 	}
 	if d := time.Since(start); d > 15*time.Second {
 		t.Fatalf("slow client held the connection for %v", d)
+	}
+}
+
+// Sockets passed by systemd: a TCP one is served only over TLS with client
+// certificates, and refused without listen.tcp; listen.tcp is not dropped
+// when systemd passes only the unix socket.
+func TestActivatedListeners(t *testing.T) {
+	dir := t.TempDir()
+	ca, sc, sk, _, _ := certs(t, dir)
+	tcpConf := &TCP{Address: "127.0.0.1:0", CertFile: sc, KeyFile: sk, ClientCAFile: ca}
+	listen := func() (unix, tcp net.Listener) {
+		u, err := net.Listen("unix", filepath.Join(dir, fmt.Sprintf("a%d.sock", time.Now().UnixNano())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u, l
+	}
+
+	u, l := listen()
+	if _, err := (&Config{}).activated([]net.Listener{u, l}); err == nil || !strings.Contains(err.Error(), "listen.tcp") {
+		t.Fatalf("a passed TCP socket without listen.tcp: %v, want an error naming listen.tcp", err)
+	}
+	if _, err := l.Accept(); err == nil {
+		t.Fatal("a refused listener was left open")
+	}
+
+	u, l = listen()
+	ls, err := (&Config{Listen: Listen{TCP: tcpConf}}).activated([]net.Listener{u, l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 2 || ls[0] != u {
+		t.Fatalf("listeners %v, want the unix socket and the TLS-wrapped TCP socket", ls)
+	}
+	go func() {
+		if c, err := ls[1].Accept(); err == nil {
+			c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	// A plain-text client gets no HTTP answer: the socket speaks TLS.
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	reply, _ := io.ReadAll(c)
+	c.Close()
+	if strings.HasPrefix(string(reply), "HTTP/") {
+		t.Fatalf("activated TCP socket answered plain HTTP: %q", reply)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+
+	u, _ = listen()
+	ls, err = (&Config{Listen: Listen{TCP: tcpConf}}).activated([]net.Listener{u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 2 {
+		t.Fatalf("%d listeners, want the passed unix socket and listen.tcp's own", len(ls))
+	}
+	for _, l := range ls {
+		l.Close()
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,6 +42,12 @@ func TestOpsEndpoints(t *testing.T) {
 	waitValueCache(t, f)
 	f.raw(t, "PUT", "/secrets/m", f.admin(jsonCT, "application/json"), simple(secret))
 	f.raw(t, "GET", "/secrets/m", f.admin(), "")
+	f.raw(t, "GET", "/secrets/", f.admin(), "")
+	for _, m := range []string{"FOO", "BAR"} {
+		if code, _ := f.raw(t, m, "/secrets/m", f.admin(), ""); code != http.StatusNotImplemented {
+			t.Errorf("method %s: %d, want 501", m, code)
+		}
+	}
 	ops := httptest.NewServer(OpsHandler(svc, reg))
 	defer ops.Close()
 	if code, _ := get(t, ops.URL+"/healthz"); code != 200 {
@@ -56,9 +63,22 @@ func TestOpsEndpoints(t *testing.T) {
 	if strings.Contains(metrics, secret) || strings.Contains(metrics, f.adminKey) {
 		t.Fatal("metrics leak a secret")
 	}
-	// The PUT and the GET were audited: two lines, at least one fsync, and
-	// time spent in it.
-	if !strings.Contains(metrics, "\nsealrun_proxy_audit_lines_total 2\n") {
+	// Every request was audited: five lines, at least one fsync, and time
+	// spent in it.
+	// Made-up methods share one label: a client must not be able to add
+	// time series.
+	if strings.Contains(strings.ToLower(metrics), `verb="foo"`) || !strings.Contains(metrics, `sealrun_proxy_requests_total{status="501",verb="other"} 2`) {
+		t.Errorf("unknown methods not collapsed into verb=\"other\":\n%s", metrics)
+	}
+	// The audit log tells a list from a get (both are GET).
+	var verbs []string
+	for _, e := range auditLines(t, f.audit) {
+		verbs = append(verbs, e.Verb+" "+e.Op)
+	}
+	if want := []string{"PUT put", "GET get", "GET list", "FOO ", "BAR "}; !slices.Equal(verbs, want) {
+		t.Errorf("audit verbs and ops %q, want %q", verbs, want)
+	}
+	if !strings.Contains(metrics, "\nsealrun_proxy_audit_lines_total 5\n") {
 		t.Errorf("audit lines metric wrong:\n%s", metrics)
 	}
 	// ... and the GET filled the value cache (the fixture turns it on).

@@ -105,7 +105,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket str
 // LISTEN_FDS is set, else the configured unix socket and optional TLS port.
 func (c *Config) listeners() ([]net.Listener, error) {
 	if ls, err := activation.Listeners(); err == nil && len(ls) > 0 {
-		return ls, nil
+		return c.activated(ls)
 	}
 	mode, err := c.SocketMode()
 	if err != nil {
@@ -125,6 +125,50 @@ func (c *Config) listeners() ([]net.Listener, error) {
 		ln, err := tls.Listen("tcp", t.Address, cfg)
 		if err != nil {
 			unix.Close()
+			return nil, err
+		}
+		out = append(out, ln)
+	}
+	return out, nil
+}
+
+// activated serves systemd's sockets as the config would its own: a TCP
+// socket only with listen.tcp's TLS and client certificates (never plain
+// HTTP), and listen.tcp on its own port when systemd passed no TCP socket,
+// rather than dropping it silently.
+func (c *Config) activated(ls []net.Listener) ([]net.Listener, error) {
+	closeAll := func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}
+	t := c.Listen.TCP
+	var cfg *tls.Config
+	if t != nil {
+		var err error
+		if cfg, err = serverTLS(t); err != nil {
+			closeAll()
+			return nil, err
+		}
+	}
+	out := make([]net.Listener, 0, len(ls)+1)
+	sawTCP := false
+	for _, l := range ls {
+		if _, ok := l.Addr().(*net.UnixAddr); ok {
+			out = append(out, l)
+			continue
+		}
+		if cfg == nil {
+			closeAll()
+			return nil, fmt.Errorf("systemd passed the non-unix socket %s, but listen.tcp (certificate, key, client CA) is not configured: sealrun serves TCP only over TLS with client certificates", l.Addr())
+		}
+		sawTCP = true
+		out = append(out, tls.NewListener(l, cfg))
+	}
+	if t != nil && !sawTCP {
+		ln, err := tls.Listen("tcp", t.Address, cfg)
+		if err != nil {
+			closeAll()
 			return nil, err
 		}
 		out = append(out, ln)

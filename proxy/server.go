@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,13 +65,21 @@ type Options struct {
 	// ValueCacheBytes bounds the bytes of the cached values and names;
 	// default DefaultCacheBytes.
 	ValueCacheBytes int64
+	// MaxWatchStreams bounds the watch streams one credential holds open
+	// (each holds a backend watch); default 64.
+	MaxWatchStreams int
+	// StreamWriteTimeout bounds each write to a watch stream, so a client
+	// that stops reading cannot hold its handler and backend watch forever;
+	// default 30s.
+	StreamWriteTimeout time.Duration
 }
 
 // Server serves the API. It is an http.Handler.
 type Server struct {
 	o        Options
-	limits   sync.Map // credential id -> *rate.Limiter
-	failures sync.Map // peer -> *rate.Limiter
+	limits   sync.Map     // credential id -> *rate.Limiter
+	failures sync.Map     // failKey -> *rate.Limiter
+	nFail    atomic.Int64 // entries in failures
 	reqs     *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	// streams ends watch streams when an http.Server from HTTPServer shuts
@@ -79,6 +88,9 @@ type Server struct {
 	streams     context.Context
 	stopStreams context.CancelFunc
 	values      *valueCache // nil: off
+
+	streamsMu   sync.Mutex
+	openStreams map[string]int // credential id -> watch streams open
 }
 
 // NewServer checks opts and returns a Server.
@@ -100,6 +112,12 @@ func NewServer(o Options) (*Server, error) {
 	}
 	if o.Burst <= 0 {
 		o.Burst = int(o.Rate) + 1
+	}
+	if o.MaxWatchStreams <= 0 {
+		o.MaxWatchStreams = 64
+	}
+	if o.StreamWriteTimeout <= 0 {
+		o.StreamWriteTimeout = 30 * time.Second
 	}
 	if o.AuthFailRate <= 0 {
 		o.AuthFailRate, o.AuthFailBurst = 2, 10
@@ -181,7 +199,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"message": "sealrun secrets proxy"})
 		return
 	}
-	q := &request{w: w, r: r, start: time.Now(), verb: strings.ToLower(r.Method)}
+	q := &request{w: w, r: r, start: time.Now(), verb: methodLabel(r.Method)}
 	escaped := r.URL.EscapedPath()
 	q.rec = audit.Entry{Verb: r.Method, Path: truncate(escaped, MaxPathLen)}
 	if pc, ok := peerFrom(r.Context()); ok {
@@ -216,7 +234,7 @@ func (s *Server) serve(q *request, escaped string) error {
 	if err != nil {
 		return err
 	}
-	q.verb = verb
+	q.verb, q.rec.Op = verb, verb
 	authzPath := "/secrets/" + name
 	if container && name != "" {
 		authzPath += "/"
@@ -299,6 +317,17 @@ func verbOf(r *http.Request, container bool) (string, error) {
 	return "", fail(http.StatusNotImplemented, "method %s not implemented", r.Method)
 }
 
+// methodLabel is the metric label of a request refused before its verb is
+// known: any client can send any method, and each distinct label would be
+// a new time series.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete, http.MethodHead, http.MethodPatch, http.MethodOptions:
+		return strings.ToLower(m)
+	}
+	return "other"
+}
+
 func checkQueryType(r *http.Request) error {
 	if t := r.URL.Query().Get("type"); t != "" && t != "simple" {
 		return fail(http.StatusNotAcceptable, "message type %q is not supported (only simple)", t)
@@ -306,17 +335,18 @@ func checkQueryType(r *http.Request) error {
 	return nil
 }
 
-// authenticate checks the API id/key headers and peer uid; brute force is
-// rate-limited per peer before any key is checked.
+// authenticate checks the API id/key headers and peer uid. Guessing is
+// rate-limited per peer and claimed id before any key is checked: per id,
+// so that one client with a wrong key does not lock out the others that
+// share its uid or address.
 func (s *Server) authenticate(q *request) (*secrets.APICredential, error) {
-	peer := peerKey(q.r)
-	failLim := s.failLimiter(peer)
-	if failLim.Tokens() < 1 {
-		q.w.Header().Set("Retry-After", "1")
-		return nil, fail(http.StatusTooManyRequests, "too many failed authentications from this peer; wait before retrying")
-	}
 	id := q.r.Header.Get(s.o.IDHeader)
 	key := q.r.Header.Get(s.o.KeyHeader)
+	failLim := s.failLimiter(failKey{peer: peerKey(q.r), id: truncate(id, 128)})
+	if failLim.Tokens() < 1 {
+		q.w.Header().Set("Retry-After", "1")
+		return nil, fail(http.StatusTooManyRequests, "too many failed authentications for this API id from this peer; wait before retrying")
+	}
 	if id == "" || key == "" {
 		failLim.Allow()
 		return nil, fail(http.StatusUnauthorized, "missing %s or %s header", s.o.IDHeader, s.o.KeyHeader)
@@ -330,7 +360,9 @@ func (s *Server) authenticate(q *request) (*secrets.APICredential, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(s.o.AllowedUIDs) > 0 {
+	// allowed_uids is about who may use the unix socket; a TLS client has
+	// no uid, and its certificate already authenticated the connection.
+	if len(s.o.AllowedUIDs) > 0 && q.r.TLS == nil {
 		pc, ok := peerFrom(q.r.Context())
 		allowed := false
 		for _, u := range s.o.AllowedUIDs {
@@ -362,11 +394,26 @@ func (s *Server) limiter(id string) *rate.Limiter {
 	return l.(*rate.Limiter)
 }
 
-func (s *Server) failLimiter(peer string) *rate.Limiter {
-	if l, ok := s.failures.Load(peer); ok {
+// failKey is whom failed authentications are counted against.
+type failKey struct{ peer, id string }
+
+// maxFailLimiters bounds the failure limiters: claimed ids are the
+// client's choice, so past this many the map starts over rather than grow.
+// Starting over gives a guesser a few more tries per thousands of requests.
+const maxFailLimiters = 4096
+
+func (s *Server) failLimiter(k failKey) *rate.Limiter {
+	if l, ok := s.failures.Load(k); ok {
 		return l.(*rate.Limiter)
 	}
-	l, _ := s.failures.LoadOrStore(peer, rate.NewLimiter(rate.Limit(s.o.AuthFailRate), s.o.AuthFailBurst))
+	if s.nFail.Load() >= maxFailLimiters {
+		s.failures.Clear()
+		s.nFail.Store(0)
+	}
+	l, loaded := s.failures.LoadOrStore(k, rate.NewLimiter(rate.Limit(s.o.AuthFailRate), s.o.AuthFailBurst))
+	if !loaded {
+		s.nFail.Add(1)
+	}
 	return l.(*rate.Limiter)
 }
 
@@ -412,6 +459,11 @@ func (s *Server) backendError(err error) *apiError {
 	case driver.Unavailable, driver.Canceled:
 		s.o.Logger.Warn("secret backend unavailable", "err", err)
 		return &apiError{http.StatusServiceUnavailable, "secret backend unavailable; retry later"}
+	case driver.PermissionDenied:
+		// The proxy's own Vault token or etcd user was refused (expired,
+		// revoked, policy changed): the client can only wait for an operator.
+		s.o.Logger.Error("secret backend refused the proxy's credentials", "err", err)
+		return &apiError{http.StatusServiceUnavailable, "secret backend refused the proxy's credentials; an operator must renew them (see the proxy log)"}
 	case driver.Integrity:
 		s.o.Logger.Error("stored value failed its integrity check", "err", err)
 		return &apiError{http.StatusInternalServerError, "stored value failed its integrity check (tampered, or encrypted under a key this proxy does not hold)"}

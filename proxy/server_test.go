@@ -3,12 +3,17 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/driver"
 )
 
 const jsonCT = "Content-Type"
@@ -197,6 +202,10 @@ func testSecurity(t *testing.T, store Store) {
 	if !saw429 {
 		t.Error("30 wrong keys in a row were never rate-limited")
 	}
+	// ... per claimed id: another credential on the same uid still works.
+	if code, body := f.raw(t, "GET", "/secrets/bob/k", f.admin(), ""); code != 200 {
+		t.Errorf("admin on the same uid after alice's lockout: %d %q, want 200", code, body)
+	}
 	// Every refusal is in the audit log, with peer credentials, and the
 	// chain verifies; no value appears in it.
 	data, _ := os.ReadFile(f.audit)
@@ -285,4 +294,24 @@ func TestConcurrentClientsGetTheirOwnValues(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// deniedStore is a backend that refuses the proxy's own credentials (an
+// expired Vault token, a revoked etcd user).
+type deniedStore struct{ Store }
+
+func (d deniedStore) Get(ctx context.Context, m secrets.Model) (int64, error) {
+	if m.Kind() == secrets.KindAPICredential { // the proxy's own records still load
+		return d.Store.Get(ctx, m)
+	}
+	return 0, &storage.Error{Op: "get", Kind: m.Kind(), Code: driver.PermissionDenied, Err: errors.New("403 permission denied")}
+}
+
+// A backend that refuses the proxy is a 503 naming the cause, not a 500.
+func TestBackendRefusesProxy(t *testing.T) {
+	f := startProxy(t, deniedStore{overlayStore(t)}, func(o *Options) { o.ValueCache = 0 })
+	code, body := f.raw(t, "GET", "/secrets/x", f.admin(), "")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "refused the proxy's credentials") {
+		t.Fatalf("GET with the backend refusing the proxy: %d %q, want 503 naming the cause", code, body)
+	}
 }

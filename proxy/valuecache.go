@@ -25,7 +25,7 @@ type valueCache struct {
 
 	mu      sync.RWMutex
 	entries map[cacheKey]cached
-	bytes   int64 // size of every entry
+	bytes   int64           // size of every entry
 	live    map[string]bool // kinds whose watch is established
 	gen     uint64          // bumped on every invalidation; a fill that raced one is dropped
 }

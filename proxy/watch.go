@@ -39,6 +39,12 @@ func (s *Server) watch(q *request, name string) error {
 	} else if err := s.containerExists(q.r.Context(), name); err != nil {
 		return err
 	}
+	cred := q.rec.Credential
+	if !s.openStream(cred) {
+		q.w.Header().Set("Retry-After", "5")
+		return fail(http.StatusTooManyRequests, "credential %s already holds %d watch streams; close one or watch a common prefix", cred, s.o.MaxWatchStreams)
+	}
+	defer s.closeStream(cred)
 	ctx := q.r.Context()
 	events, err := s.o.Store.Watch(ctx, kind, prefix)
 	if err != nil {
@@ -55,13 +61,19 @@ func (s *Server) watch(q *request, name string) error {
 		w.WriteHeader(http.StatusOK)
 	})
 	rc := http.NewResponseController(w)
-	rc.SetWriteDeadline(time.Time{}) // a stream outlives the write timeout
-	send := func(event string, data any) bool {
-		b, _ := json.Marshal(data)
-		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
+	// A stream outlives the server's write timeout, but each write has its
+	// own: a client that stops reading loses its stream, not the server a
+	// handler and a backend watch.
+	write := func(format string, a ...any) bool {
+		rc.SetWriteDeadline(time.Now().Add(s.o.StreamWriteTimeout))
+		if _, err := fmt.Fprintf(w, format, a...); err != nil {
 			return false
 		}
 		return rc.Flush() == nil
+	}
+	send := func(event string, data any) bool {
+		b, _ := json.Marshal(data)
+		return write("event: %s\ndata: %s\n\n", event, b)
 	}
 	if !send("ready", map[string]string{}) {
 		return nil
@@ -75,7 +87,7 @@ func (s *Server) watch(q *request, name string) error {
 		case <-s.streams.Done():
 			return nil
 		case <-tick.C:
-			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil || rc.Flush() != nil {
+			if !write(": ping\n\n") {
 				return nil
 			}
 		case ev, ok := <-events:
@@ -98,5 +110,28 @@ func (s *Server) watch(q *request, name string) error {
 				return nil
 			}
 		}
+	}
+}
+
+// openStream counts a watch stream against cred, or says it holds its
+// maximum already.
+func (s *Server) openStream(cred string) bool {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.openStreams[cred] >= s.o.MaxWatchStreams {
+		return false
+	}
+	if s.openStreams == nil {
+		s.openStreams = map[string]int{}
+	}
+	s.openStreams[cred]++
+	return true
+}
+
+func (s *Server) closeStream(cred string) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.openStreams[cred]--; s.openStreams[cred] <= 0 {
+		delete(s.openStreams, cred)
 	}
 }

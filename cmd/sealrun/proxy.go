@@ -68,7 +68,10 @@ TLS), with API keys, per-credential path authorization, rate limits and a
 hash-chained audit log, in front of the configured secret backend. It is the
 only process that needs the master key or the Vault token. Logs JSON on
 stderr; stops gracefully on SIGTERM. With LISTEN_FDS set (systemd socket
-activation) it serves the passed sockets instead of creating one.`,
+activation) it serves the passed sockets instead of creating one; a passed
+TCP socket is served with listen.tcp's TLS and client certificates (it is
+refused without them), and listen.tcp without a passed TCP socket is
+opened as usual.`,
 		`  sealrun secrets serve --config /etc/sealrun/proxy.yaml
 
   # then, as a client (any Custodia client works the same way):

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 )
@@ -34,7 +35,8 @@ type Entry struct {
 	Credential string    `json:"cred,omitempty"`
 	PeerUID    *int      `json:"uid,omitempty"`
 	PeerPID    *int      `json:"pid,omitempty"`
-	Verb       string    `json:"verb"`
+	Verb       string    `json:"verb"`         // the HTTP method
+	Op         string    `json:"op,omitempty"` // what it was authorized as: get, list, watch, put, create, delete
 	Path       string    `json:"path"`
 	Status     int       `json:"status"`
 	Outcome    string    `json:"outcome"` // allowed, denied, error
@@ -90,9 +92,17 @@ func (l *Logger) Stats() Stats {
 // Open opens (creating with mode 0600) the log at path and continues its
 // chain from the last line. Close it to stop its flusher.
 func Open(path string) (*Logger, error) {
+	_, statErr := os.Lstat(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		// A new log's name must survive a crash as its lines do.
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("open audit log: %w", err)
+		}
 	}
 	l := &Logger{f: f, prev: genesis, now: time.Now}
 	last, err := lastLine(f)
@@ -112,6 +122,15 @@ func Open(path string) (*Logger, error) {
 	l.done = make(chan struct{})
 	go l.flusher()
 	return l, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // lastLine returns the last complete line of f without reading it all.
