@@ -4,12 +4,17 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,13 +71,66 @@ type fixture struct {
 	sock     string
 	audit    string
 	adminKey string
-	logs     *strings.Builder
+	logs     *lockedBuf // the server's log, JSON
+
+	mu      sync.Mutex
+	written []string // secret values and API keys sent, to look for in logs
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// sent records a secret value or key the test sent, for the leak scan.
+// Short values are skipped: they would match by chance.
+func (f *fixture) sent(v string) {
+	if len(v) < 12 {
+		return
+	}
+	f.mu.Lock()
+	f.written = append(f.written, v)
+	f.mu.Unlock()
+}
+
+// scanForLeaks fails t if the server's log or audit log holds any value or
+// API key the test sent, raw or base64.
+func (f *fixture) scanForLeaks(t testing.TB) {
+	audit, _ := os.ReadFile(f.audit)
+	logs := f.logs.String()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, v := range f.written {
+		for _, form := range []string{v, base64.StdEncoding.EncodeToString([]byte(v)), base64.RawURLEncoding.EncodeToString([]byte(v))} {
+			if strings.Contains(logs, form) {
+				t.Errorf("the proxy's log holds a secret value or key the test sent (%d bytes)", len(v))
+			}
+			if strings.Contains(string(audit), form) {
+				t.Errorf("the audit log holds a secret value or key the test sent (%d bytes)", len(v))
+			}
+		}
+	}
 }
 
 func startProxy(t testing.TB, store Store, tweak func(*Options)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	f := &fixture{store: store, sock: filepath.Join(dir, "run", "secrets.sock"), audit: filepath.Join(dir, "audit.log"), logs: &strings.Builder{}}
+	f := &fixture{store: store, sock: filepath.Join(dir, "run", "secrets.sock"), audit: filepath.Join(dir, "audit.log"), logs: &lockedBuf{}}
+	// Registered first, so it runs last: after the server has stopped and
+	// written everything it will.
+	t.Cleanup(func() { f.scanForLeaks(t) })
 	al, err := audit.Open(f.audit)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +138,8 @@ func startProxy(t testing.TB, store Store, tweak func(*Options)) *fixture {
 	creds := NewCredentials(store)
 	// The value cache is on, as Run turns it on for the overlay; tests of
 	// the uncached path turn it off in tweak.
-	o := Options{Store: store, Credentials: creds, Audit: al, ValueCache: DefaultCacheEntries}
+	o := Options{Store: store, Credentials: creds, Audit: al, ValueCache: DefaultCacheEntries,
+		Logger: slog.New(slog.NewJSONHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	if tweak != nil {
 		tweak(&o)
 	}
@@ -106,6 +165,7 @@ func startProxy(t testing.TB, store Store, tweak func(*Options)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.sent(f.adminKey)
 	return f
 }
 
@@ -119,9 +179,20 @@ func (f *fixture) raw(t testing.TB, method, path string, hdr map[string]string, 
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if method == "PUT" {
+		var simple struct{ Value string }
+		if json.Unmarshal([]byte(body), &simple) == nil && simple.Value != "" {
+			f.sent(simple.Value)
+		} else {
+			f.sent(body)
+		}
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n", method, path)
 	for k, v := range hdr {
+		if k == f.srv.o.KeyHeader {
+			f.sent(v)
+		}
 		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
 	}
 	if body != "" || method == "PUT" || method == "POST" {
