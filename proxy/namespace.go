@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/fnv"
 	"net/http"
 	"path"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
@@ -120,6 +122,7 @@ func (s *Server) put(ctx context.Context, name string, v value) error {
 		return err
 	}
 	if !t.typed {
+		defer s.holdParent(name)()
 		if err := s.requireParent(ctx, name); err != nil {
 			return err
 		}
@@ -181,6 +184,31 @@ func (s *Server) delete(ctx context.Context, name string) error {
 	return err
 }
 
+// containerLocks make "the container is empty, delete it" atomic against
+// "the container exists, put into it" in this process: a PUT holds its
+// parent's lock shared from the check to the write, a container delete
+// holds its own exclusively. Striped, so any number of paths costs a fixed
+// amount of memory. Proxies sharing a backend do not share these locks.
+const containerLockStripes = 64
+
+func (s *Server) containerLock(name string) *sync.RWMutex {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return &s.containerLocks[h.Sum32()%containerLockStripes]
+}
+
+// holdParent holds name's container against deletion until the returned
+// func is called.
+func (s *Server) holdParent(name string) (release func()) {
+	parent := path.Dir(name)
+	if parent == "." {
+		return func() {} // the root container is never deleted
+	}
+	l := s.containerLock(parent)
+	l.RLock()
+	return l.RUnlock
+}
+
 // requireParent returns 404 unless the container holding name exists.
 func (s *Server) requireParent(ctx context.Context, name string) error {
 	parent := path.Dir(name)
@@ -210,6 +238,7 @@ func (s *Server) createContainer(ctx context.Context, name string) (created bool
 		}
 		return false, nil // implicit containers always exist
 	}
+	defer s.holdParent(name)()
 	if err := s.requireParent(ctx, name); err != nil {
 		return false, err
 	}
@@ -299,6 +328,9 @@ func (s *Server) deleteContainer(ctx context.Context, name string) error {
 	if name == "" || t.typed {
 		return fail(http.StatusMethodNotAllowed, "this container cannot be deleted")
 	}
+	l := s.containerLock(name)
+	l.Lock()
+	defer l.Unlock()
 	if err := s.containerExists(ctx, name); err != nil {
 		return err
 	}

@@ -91,6 +91,8 @@ type Server struct {
 
 	streamsMu   sync.Mutex
 	openStreams map[string]int // credential id -> watch streams open
+
+	containerLocks [containerLockStripes]sync.RWMutex
 }
 
 // NewServer checks opts and returns a Server.
