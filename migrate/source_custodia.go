@@ -25,10 +25,15 @@ type CustodiaSource struct {
 	Registry *secrets.Registry
 }
 
-// custodiaAuth is the --source-auth file: the API id and key.
+// custodiaAuth is the --source-auth (or --to-auth) file: the API id and key
+// and, when the server renamed them, the headers that carry them (Custodia's
+// SimpleAuthKeys header names; a sealrun proxy's auth.id_header and
+// auth.key_header).
 type custodiaAuth struct {
-	ID  string `yaml:"id"`
-	Key string `yaml:"key"`
+	ID        string `yaml:"id"`
+	Key       string `yaml:"key"`
+	IDHeader  string `yaml:"id_header"`  // default CUSTODIA_AUTH_ID
+	KeyHeader string `yaml:"key_header"` // default CUSTODIA_AUTH_KEY; CPD-101 uses CUSTODIA_KEY_ID
 }
 
 // OpenCustodiaSource connects to socket with the credentials in authFile.
@@ -50,10 +55,11 @@ func OpenProxyStore(socket, authFile string, reg *secrets.Registry) (*ProxyStore
 	return &ProxyStore{Client: c, Reg: reg}, nil
 }
 
-// dialCustodia makes an API client from an auth file (YAML id: and key:).
+// dialCustodia makes an API client from an auth file (YAML id: and key:,
+// optionally id_header: and key_header:).
 func dialCustodia(socket, authFile string) (*client.Client, error) {
 	if authFile == "" {
-		return nil, errors.New("an auth file (YAML with id: and key:) is required")
+		return nil, errors.New("an auth file (YAML with id: and key:, optionally id_header: and key_header:) is required")
 	}
 	data, err := os.ReadFile(authFile)
 	if err != nil {
@@ -64,9 +70,9 @@ func dialCustodia(socket, authFile string) (*client.Client, error) {
 	var a custodiaAuth
 	if err := dec.Decode(&a); err != nil || a.ID == "" || a.Key == "" {
 		// Never echo the file: it holds a key.
-		return nil, fmt.Errorf("%s must be YAML with id: and key:", authFile)
+		return nil, fmt.Errorf("%s must be YAML with id: and key: (and optionally id_header: and key_header:)", authFile)
 	}
-	return client.New(client.Config{Socket: socket, ID: a.ID, Key: a.Key})
+	return client.New(client.Config{Socket: socket, ID: a.ID, Key: a.Key, IDHeader: a.IDHeader, KeyHeader: a.KeyHeader})
 }
 
 // Items implements Source.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -234,6 +235,55 @@ func TestCustodiaSource(t *testing.T) {
 		if _, err := c.GetFresh(ctx, n); err == nil {
 			t.Fatalf("%s not deleted from the source", n)
 		}
+	}
+}
+
+// A Custodia whose auth headers are renamed (CPD-101's key header is
+// CUSTODIA_KEY_ID) is read with the names from the auth file; without them
+// its 401 says which headers it wants.
+func TestCustodiaSourceHeaderNames(t *testing.T) {
+	ctx := context.Background()
+	cli := testenv.Etcd(t)
+	ring, _ := overlay.NewKeyRing(newKeyT(t, "custodia"))
+	pstore, err := storage.New(overlay.New(etcddrv.New(cli, "/custodia/secrets/"), ring, overlay.Pinning),
+		etcddrv.New(cli, "/custodia/state/"), storage.Options{Registry: proxy.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pstore.Close()
+	srv := proxytest.Start(t, pstore, "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}},
+		func(o *proxy.Options) { o.IDHeader, o.KeyHeader = "CUSTODIA_AUTH_ID", "CUSTODIA_KEY_ID" })
+	c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: srv.Key, KeyHeader: "CUSTODIA_KEY_ID"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Put(ctx, "db", []byte("dbpw-"+randHex())); err != nil {
+		t.Fatal(err)
+	}
+	auth := func(extra string) string {
+		f := filepath.Join(t.TempDir(), "auth.yaml")
+		os.WriteFile(f, []byte("id: "+srv.ID+"\nkey: "+srv.Key+"\n"+extra), 0o600)
+		return f
+	}
+	src, err := OpenSource(ctx, Spec{Scheme: "custodia", Path: srv.Socket}, SourceOptions{AuthFile: auth("id_header: CUSTODIA_AUTH_ID\nkey_header: CUSTODIA_KEY_ID\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if items, err := src.Items(ctx); err != nil || len(items) != 1 || items[0].Key != "db" {
+		t.Fatalf("items with the server's header names: %v %v", items, err)
+	}
+	def, err := OpenSource(ctx, Spec{Scheme: "custodia", Path: srv.Socket}, SourceOptions{AuthFile: auth("")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer def.Close()
+	if _, err := def.Items(ctx); !errors.Is(err, client.ErrUnauthorized) || !strings.Contains(err.Error(), "CUSTODIA_KEY_ID") {
+		t.Fatalf("items with the default header names: %v", err)
+	}
+	if _, err := OpenSource(ctx, Spec{Scheme: "custodia", Path: srv.Socket}, SourceOptions{AuthFile: auth("key_headr: CUSTODIA_KEY_ID\n")}); err == nil {
+		t.Fatal("an auth file with a misspelt option was accepted")
 	}
 }
 

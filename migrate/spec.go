@@ -47,7 +47,8 @@ const SpecHelp = `  dir:PATH            StudioML Kubernetes mount layout: PATH/m
                       etcd:10.0.0.1:2379,10.0.0.2:2379/custodia/keys/ ; --mapping maps key
                       patterns to kinds (default: every key a raw secret of the same name)
   custodia:SOCKET     a running Custodia (or sealrun proxy) on a unix socket; --source-auth FILE
-                      holds "id: ..." and "key: ..."
+                      holds "id: ..." and "key: ...", and "id_header: ..." and "key_header: ..."
+                      if the server renamed CUSTODIA_AUTH_ID or CUSTODIA_AUTH_KEY (e.g. CUSTODIA_KEY_ID)
   vault:MOUNT/PATH    Vault KV v1 or v2 (auto-detected) under PATH; VAULT_ADDR and VAULT_TOKEN
   overlay:CONFIG      another sealrun store (storage or proxy config), e.g. overlay to Vault`
 
@@ -114,7 +115,8 @@ type SourceOptions struct {
 	KeyID string
 	// Mapping maps names to kinds (etcd, vault); nil means DefaultMapping.
 	Mapping *Mapping
-	// AuthFile holds credentials for custodia ("id:" and "key:").
+	// AuthFile holds credentials for custodia ("id:" and "key:", and
+	// "id_header:" and "key_header:" if renamed).
 	AuthFile string
 	// OpenStore opens a sealrun store from a config path (overlay).
 	OpenStore func(ctx context.Context, path string) (*storage.Service, error)

@@ -1,16 +1,25 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/proxy/client"
+	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/driver"
 	etcddrv "github.com/sealrun/sealrun/storage/etcd"
 )
 
@@ -135,4 +144,322 @@ func TestBackendUnavailable(t *testing.T) {
 	if _, err := c.Get(context.Background(), "x"); !errors.Is(err, client.ErrUnavailable) {
 		t.Fatalf("client: %v", err)
 	}
+}
+
+// A Custodia deployment may rename the auth headers (CPD-101's key header
+// is CUSTODIA_KEY_ID): a client given the proxy's names gets in, for calls
+// and watches alike; one sending the defaults gets a 401 naming the headers
+// the proxy wants.
+func TestClientHeaderNames(t *testing.T) {
+	const idHeader, keyHeader = "X-Custodia-Owner", "CUSTODIA_KEY_ID"
+	f := startProxy(t, overlayStore(t), func(o *Options) { o.IDHeader, o.KeyHeader = idHeader, keyHeader })
+	ctx := context.Background()
+	c, err := client.New(client.Config{Socket: f.sock, ID: "admin", Key: f.adminKey, IDHeader: idHeader, KeyHeader: keyHeader, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.CreateContainer(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put(ctx, "app/db", []byte("pw")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.GetFresh(ctx, "app/db"); err != nil || string(v) != "pw" {
+		t.Fatalf("get: %q %v", v, err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if _, _, err := c.Watch(wctx, "app"); err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+
+	_, err = f.client(t, "admin", f.adminKey).GetFresh(ctx, "app/db")
+	var e *client.Error
+	if !errors.Is(err, client.ErrUnauthorized) || !errors.As(err, &e) || !strings.Contains(e.Msg, keyHeader) {
+		t.Fatalf("default header names: %v", err)
+	}
+	t.Logf("user sees: %v", err)
+	if _, err := client.New(client.Config{Socket: f.sock, ID: "admin", Key: "k", KeyHeader: "CUSTODIA KEY"}); err == nil {
+		t.Fatal("a header name with a space was accepted")
+	}
+}
+
+// lossySocket is a unix socket in front of the proxy's that forwards every
+// request and can lose the answer to the next request of a method once the
+// proxy has handled it: "none" closes the connection before answering,
+// "cut" sends the status line and part of the body.
+type lossySocket struct {
+	sock string
+	mu   sync.Mutex
+	lose map[string]string // method -> how
+	seen map[string]int    // requests the proxy handled, by method
+}
+
+func newLossySocket(t *testing.T, f *fixture) *lossySocket {
+	l := &lossySocket{sock: filepath.Join(t.TempDir(), "lossy.sock"), lose: map[string]string{}, seen: map[string]int{}}
+	up := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", f.sock)
+	}}}
+	ln, err := net.Listen("unix", l.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://proxy"+r.URL.RequestURI(), bytes.NewReader(body))
+		req.Header = r.Header.Clone()
+		resp, err := up.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		l.mu.Lock()
+		l.seen[r.Method]++
+		how := l.lose[r.Method]
+		delete(l.lose, r.Method)
+		l.mu.Unlock()
+		if how != "" {
+			conn, bw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if how == "cut" {
+				fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\n\r\n%s", resp.StatusCode, http.StatusText(resp.StatusCode), len(out)+100, out)
+				bw.Flush()
+			}
+			conn.Close()
+			return
+		}
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		w.Write(out)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close(); up.CloseIdleConnections() })
+	return l
+}
+
+func (l *lossySocket) loseNext(method, how string) {
+	l.mu.Lock()
+	l.lose[method] = how
+	l.mu.Unlock()
+}
+
+func (l *lossySocket) count(method string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seen[method]
+}
+
+// A change whose answer is lost may have been made: the client must not
+// repeat it and then report the repeat's 409 or 404 as the outcome. Reads
+// are still retried.
+func TestClientDoesNotRepeatChanges(t *testing.T) {
+	f := startProxy(t, overlayStore(t), nil)
+	l := newLossySocket(t, f)
+	ctx := context.Background()
+	c, err := client.New(client.Config{Socket: l.sock, ID: "admin", Key: f.adminKey, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.CreateContainer(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+
+	// No answer: the client says it does not know, not "already exists".
+	l.loseNext("PUT", "none")
+	err = c.Put(ctx, "app/a", []byte("v"))
+	if !errors.Is(err, client.ErrUnavailable) || errors.Is(err, client.ErrConflict) {
+		t.Fatalf("PUT without an answer: %v", err)
+	}
+	t.Logf("user sees: %v", err)
+	if n := l.count("PUT"); n != 1 {
+		t.Fatalf("PUT sent %d times", n)
+	}
+	if v, err := c.GetFresh(ctx, "app/a"); err != nil || string(v) != "v" {
+		t.Fatalf("the PUT was not made: %q %v", v, err)
+	}
+
+	// The status arrived but the body was cut: the status is the outcome.
+	l.loseNext("PUT", "cut")
+	if err := c.Put(ctx, "app/b", []byte("v")); err != nil {
+		t.Fatalf("PUT answered 201 with a cut body: %v", err)
+	}
+	if n := l.count("PUT"); n != 2 {
+		t.Fatalf("PUTs sent: %d, want 2", n)
+	}
+
+	l.loseNext("DELETE", "none")
+	err = c.Delete(ctx, "app/a")
+	if !errors.Is(err, client.ErrUnavailable) || errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("DELETE without an answer: %v", err)
+	}
+	if n := l.count("DELETE"); n != 1 {
+		t.Fatalf("DELETE sent %d times", n)
+	}
+
+	// A read is repeated (by the client or its transport) and succeeds.
+	gets := l.count("GET")
+	l.loseNext("GET", "cut")
+	if v, err := c.GetFresh(ctx, "app/b"); err != nil || string(v) != "v" {
+		t.Fatalf("GET after a cut answer: %q %v", v, err)
+	}
+	if n := l.count("GET") - gets; n != 2 {
+		t.Fatalf("GET sent %d times, want 2", n)
+	}
+}
+
+// unavailableOnce answers the next Put as an unreachable backend would.
+type unavailableOnce struct {
+	Store
+	fail atomic.Bool
+	puts atomic.Int32
+}
+
+func (s *unavailableOnce) Put(ctx context.Context, m secrets.Model, o driver.PutOptions) (int64, error) {
+	s.puts.Add(1)
+	if s.fail.CompareAndSwap(true, false) {
+		return 0, &storage.Error{Op: "put", Kind: m.Kind(), Key: m.Key(), Code: driver.Unavailable, Err: errors.New("test: backend unreachable")}
+	}
+	return s.Store.Put(ctx, m, o)
+}
+
+// A 503 means the change was not made: the client retries it, and succeeds.
+func TestClientRetriesUnavailable(t *testing.T) {
+	store := &unavailableOnce{Store: overlayStore(t)}
+	f := startProxy(t, store, nil)
+	ctx := context.Background()
+	c := f.client(t, "admin", f.adminKey)
+	if err := c.CreateContainer(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	before := store.puts.Load()
+	store.fail.Store(true)
+	if err := c.Put(ctx, "app/db", []byte("pw")); err != nil {
+		t.Fatalf("put after one 503: %v", err)
+	}
+	if n := store.puts.Load() - before; n != 2 {
+		t.Fatalf("backend saw %d puts, want 2 (the 503, then the retry)", n)
+	}
+	if v, err := c.GetFresh(ctx, "app/db"); err != nil || string(v) != "pw" {
+		t.Fatalf("get: %q %v", v, err)
+	}
+}
+
+// stallWatches is a secret backend whose watches below names holding
+// "stall" wait for release, as etcd's client waits while the cluster is
+// unreachable.
+type stallWatches struct {
+	driver.Driver
+	calls   atomic.Int32
+	release chan struct{}
+}
+
+func (s *stallWatches) Watch(ctx context.Context, prefix string) (<-chan driver.Event, error) {
+	if strings.Contains(prefix, "stall") {
+		s.calls.Add(1)
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Driver.Watch(ctx, prefix)
+}
+
+// stallProxy serves a store whose watches below "stall" hang, with the
+// store's timeout and a client with its per-attempt timeout.
+func stallProxy(t *testing.T, storeTimeout, clientTimeout time.Duration) (*stallWatches, *client.Client) {
+	cli := testenv.Etcd(t)
+	sw := &stallWatches{Driver: etcddrvSecretish(cli), release: make(chan struct{})}
+	svc, err := storage.New(sw, etcddrv.New(cli, "/state/"), storage.Options{Registry: Registry(), Timeout: storeTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	f := startProxy(t, svc, nil)
+	c, err := client.New(client.Config{Socket: f.sock, ID: "admin", Key: f.adminKey, Timeout: clientTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.CreateContainer(context.Background(), "stall"); err != nil {
+		t.Fatal(err)
+	}
+	return sw, c
+}
+
+// Opening a watch on a backend that does not answer fails in bounded time:
+// the proxy gives up after its store's timeout (503), and the client after
+// its own per-attempt timeout if the proxy does not.
+func TestWatchOpenBounded(t *testing.T) {
+	open := func(t *testing.T, c *client.Client) (time.Duration, error) {
+		// The bound on the bug, not on the fix: the fix answers in well under 5s.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, _, err := c.Watch(ctx, "stall")
+		if ctx.Err() != nil {
+			t.Fatalf("watch still not open or failed after %v: %v", time.Since(start), err)
+		}
+		return time.Since(start), err
+	}
+	t.Run("proxy", func(t *testing.T) {
+		_, c := stallProxy(t, 300*time.Millisecond, 5*time.Second)
+		took, err := open(t, c)
+		var e *client.Error
+		if !errors.As(err, &e) || e.Status != http.StatusServiceUnavailable || took > 4*time.Second {
+			t.Fatalf("after %v: %v, want the proxy's 503 within its store timeout", took, err)
+		}
+		t.Logf("user sees: %v", err)
+	})
+	t.Run("client", func(t *testing.T) {
+		_, c := stallProxy(t, time.Minute, 300*time.Millisecond)
+		took, err := open(t, c)
+		if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "not watching within") || took > 4*time.Second {
+			t.Fatalf("after %v: %v, want the client's own timeout", took, err)
+		}
+		t.Logf("user sees: %v", err)
+	})
+}
+
+// KeepCacheFresh keeps trying to open a watch that hangs (each attempt gives
+// up after the Timeout), tells onChange the watch is down, and follows the
+// stream once the backend answers.
+func TestKeepCacheFreshRetriesStalledWatch(t *testing.T) {
+	sw, c := stallProxy(t, time.Minute, 300*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var zero, changes atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.KeepCacheFresh(ctx, func(ev client.Event) {
+			if ev.Path == "" {
+				zero.Add(1)
+			} else {
+				changes.Add(1)
+			}
+		}, "stall")
+	}()
+	eventually(t, "watch attempts repeated while the backend hangs", func() bool { return sw.calls.Load() >= 3 })
+	if n := zero.Load(); n != 1 {
+		t.Fatalf("onChange told %d times while the watch was down, want once", n)
+	}
+	close(sw.release)
+	eventually(t, "watch established once the backend answers", func() bool { return zero.Load() == 2 })
+	if err := c.Put(ctx, "stall/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "change delivered", func() bool { return changes.Load() > 0 })
+	cancel()
+	<-done
 }

@@ -134,6 +134,12 @@ type ProxyKeys struct {
 	// APIKeyFile holds the API key (a systemd credential, a Kubernetes
 	// Secret); without it the key is read from $SEALRUN_API_KEY.
 	APIKeyFile string `yaml:"api_key_file"`
+	// IDHeader and KeyHeader name the headers carrying the API id and key
+	// (default CUSTODIA_AUTH_ID and CUSTODIA_AUTH_KEY): the proxy's
+	// auth.id_header and auth.key_header, which a Custodia deployment may
+	// have renamed (e.g. CUSTODIA_KEY_ID).
+	IDHeader  string `yaml:"id_header"`
+	KeyHeader string `yaml:"key_header"`
 	// CacheTTL bounds how long a key read is trusted without a watch event
 	// (default 30s).
 	CacheTTL time.Duration `yaml:"cache_ttl"`

@@ -39,6 +39,7 @@ func TestDecodeConfig(t *testing.T) {
 		"discover bad url":     minimalConfig + "discover: {management_url: 'amqp://x', patterns: [a]}\n",
 		"discover password":    minimalConfig + "discover: {management_url: 'http://u:p@x:1', patterns: [a]}\n",
 		"discover unknown":     minimalConfig + "discover: {management_url: 'http://x:1', patterns: [a], nope: 1}\n",
+		"proxy header typo":    strings.Replace(minimalConfig, "source: dir, dir: /keys", "source: proxy, proxy: {api_id: r, id_headers: X}", 1),
 	}
 	for name, doc := range cases {
 		if _, err := DecodeConfig(strings.NewReader(doc)); err == nil {

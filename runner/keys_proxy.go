@@ -157,6 +157,12 @@ func (s *ProxyKeySource) parse(pem, pass []byte) (any, error) {
 	return p, nil
 }
 
+// ClientConfig is how the runner's proxy client is configured from p.
+func (p *ProxyKeys) ClientConfig() client.Config {
+	return client.Config{Socket: p.Socket, ID: p.APIID, KeyFile: p.APIKeyFile,
+		IDHeader: p.IDHeader, KeyHeader: p.KeyHeader, CacheTTL: p.CacheTTL}
+}
+
 // Changes implements KeySource: the proxy's watch streams on the key kinds,
 // coalesced; a re-established watch also signals (something may have been
 // missed while it was down).

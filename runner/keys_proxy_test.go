@@ -3,6 +3,11 @@ package runner
 import (
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +30,8 @@ type keyProxy struct {
 	sock   string
 	client *client.Client
 	srv    interface{ Close() error }
+	id     string // the runner's credential
+	key    string
 }
 
 func startKeyProxy(t testing.TB) *keyProxy {
@@ -50,7 +57,7 @@ func startKeyProxyOn(t testing.TB, secretBackend driver.Driver, opts ...func(*pr
 	}
 	t.Cleanup(func() { store.Close() })
 	srv := proxytest.Start(t, store, "runner-1", proxy.Grant{Paths: []string{"/secrets/sealrun/"}, Verbs: []string{"get", "list", "watch"}}, opts...)
-	p := &keyProxy{store: store, sock: srv.Socket, srv: srv}
+	p := &keyProxy{store: store, sock: srv.Socket, srv: srv, id: srv.ID, key: srv.Key}
 	if p.client, err = client.New(client.Config{Socket: p.sock, ID: srv.ID, Key: srv.Key, Retries: 2, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +126,42 @@ func TestProxyKeySource(t *testing.T) {
 	p.client.InvalidateAll()
 	if _, err := ks.Load(ctx); err == nil {
 		t.Fatal("Load succeeded with the proxy down")
+	}
+}
+
+// keys.proxy.id_header and key_header reach the runner's client: a proxy
+// whose auth headers are renamed (as a Custodia deployment's may be) serves
+// the keys with them, and answers 401 without.
+func TestProxyKeysHeaderNames(t *testing.T) {
+	p := startKeyProxyOn(t, etcd.New(testenv.Etcd(t), "/sealrun/secrets/"),
+		func(o *proxy.Options) { o.IDHeader, o.KeyHeader = "CUSTODIA_AUTH_ID", "CUSTODIA_KEY_ID" })
+	keyFile := filepath.Join(t.TempDir(), "api-key")
+	if err := os.WriteFile(keyFile, []byte(p.key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.Replace(minimalConfig, "keys: {source: dir, dir: /keys}", fmt.Sprintf(
+		"keys: {source: proxy, proxy: {socket: %s, api_id: %s, api_key_file: %s, id_header: CUSTODIA_AUTH_ID, key_header: CUSTODIA_KEY_ID}}",
+		p.sock, p.id, keyFile), 1)
+	cfg, err := DecodeConfig(strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(pk *ProxyKeys) error {
+		c, err := client.New(pk.ClientConfig())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = (&ProxyKeySource{Client: c}).Load(context.Background())
+		return err
+	}
+	if err := load(cfg.Keys.Proxy); err != nil {
+		t.Fatalf("load with the proxy's header names: %v", err)
+	}
+	defaults := *cfg.Keys.Proxy
+	defaults.IDHeader, defaults.KeyHeader = "", ""
+	if err := load(&defaults); !errors.Is(err, client.ErrUnauthorized) || !strings.Contains(err.Error(), "CUSTODIA_KEY_ID") {
+		t.Fatalf("load with the default header names: %v", err)
 	}
 }
 

@@ -195,6 +195,52 @@ func TestUnreachableEtcd(t *testing.T) {
 	t.Logf("user sees: %v", err)
 }
 
+// TestWatchUnreachableEtcd: opening a watch on an unreachable etcd fails
+// within the service's timeout (etcd's client would wait for the cluster
+// forever), with code Unavailable.
+func TestWatchUnreachableEtcd(t *testing.T) {
+	client, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:1"}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	svc, err := storage.New(memory.New(), etcd.New(client, "/s/"), storage.Options{Timeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // the bug's bound, not the fix's
+	defer cancel()
+	start := time.Now()
+	_, err = svc.Watch(ctx, secrets.KindRunnerRecord, "")
+	if storage.Code(err) != driver.Unavailable || ctx.Err() != nil {
+		t.Fatalf("got %v (code %v)", err, storage.Code(err))
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("took %v, want the configured timeout", time.Since(start))
+	}
+	t.Logf("user sees: %v", err)
+}
+
+// TestWatchOutlivesTimeout: the timeout bounds opening a watch, not the
+// stream.
+func TestWatchOutlivesTimeout(t *testing.T) {
+	svc, err := storage.New(memory.New(), memory.New(), storage.Options{Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := svc.Watch(t.Context(), secrets.KindRunnerRecord, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := svc.Put(t.Context(), &secrets.RunnerRecord{ID: "r1"}, driver.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := <-ch; !ok || e.Key != "r1" || e.Err != nil {
+		t.Fatalf("event = %+v (open %v)", e, ok)
+	}
+}
+
 func TestWatch(t *testing.T) {
 	svc, err := storage.New(memory.New(), memory.New(), storage.Options{})
 	if err != nil {

@@ -72,6 +72,11 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
 
   # a running Custodia, Vault KV, or another sealrun store:
   sealrun migrate --from custodia:/run/custodia/custodia.sock --source-auth custodia-auth.yaml --to storage.yaml
+  #   custodia-auth.yaml (the headers only if the deployment renamed them):
+  #   id: migrate
+  #   key: <the API key>
+  #   id_header: CUSTODIA_AUTH_ID
+  #   key_header: CUSTODIA_KEY_ID
   VAULT_ADDR=https://vault:8200 VAULT_TOKEN=... sealrun migrate --from vault:secret/studioml --to storage.yaml
   sealrun migrate --from overlay:old-storage.yaml --to vault-storage.yaml
 
@@ -79,14 +84,14 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
   sealrun migrate --from dir:/etc/studioml/certs --to proxy:/run/sealrun/secrets.sock --to-auth admin-auth.yaml`)
 	from := fs.String("from", "", "source spec (see above)")
 	to := fs.String("to", "", "destination: a storage or proxy configuration file, or proxy:SOCKET (a running proxy)")
-	toAuth := fs.String("to-auth", "", "YAML file with id: and key: for a proxy:SOCKET destination")
+	toAuth := fs.String("to-auth", "", "YAML file with id: and key: (and id_header:, key_header: if the proxy renamed them) for a proxy:SOCKET destination")
 	dryRun := fs.Bool("dry-run", false, "print the plan and write nothing")
 	onConflict := fs.String("on-conflict", "fail", "when the destination changed after the plan: fail, skip or overwrite (still compare-and-set)")
 	verify := fs.Bool("verify", true, "read every write back and compare SHA-256 digests")
 	deleteSource := fs.Bool("delete-source", false, "delete each item from the source once verified (etcd, custodia, overlay sources)")
 	reportPath := fs.String("report", "", "write a JSON report (counts and per-item results, no values) to FILE")
 	mappingPath := fs.String("mapping", "", "YAML mapping of names to kinds (etcd and vault sources)")
-	sourceAuth := fs.String("source-auth", "", "YAML file with id: and key: for a custodia source")
+	sourceAuth := fs.String("source-auth", "", "YAML file with id: and key: (and id_header:, key_header: if the server renamed them) for a custodia source")
 	keyID := fs.String("key-id", migrate.DefaultKeyID, "key id for the StudioML message key pair (dir and k8s sources)")
 	concurrency := fs.Int("concurrency", 8, "reads, and writes or write batches, in flight")
 	batchSize := fs.Int("batch-size", driver.MaxBatch, fmt.Sprintf("writes per atomic batch into an etcd store, at most %d (1: item by item; a batch that conflicts is retried item by item)", driver.MaxBatch))

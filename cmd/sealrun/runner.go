@@ -59,8 +59,7 @@ exits 0. Logs are JSON on stderr; see configs/runner.yaml for every option.`,
 	case "dir":
 		keys = &runner.DirKeySource{Dir: cfg.Keys.Dir, Poll: cfg.Keys.PollInterval}
 	case "proxy":
-		p := cfg.Keys.Proxy
-		c, err := client.New(client.Config{Socket: p.Socket, ID: p.APIID, KeyFile: p.APIKeyFile, CacheTTL: p.CacheTTL})
+		c, err := client.New(cfg.Keys.Proxy.ClientConfig())
 		if err != nil {
 			return failure(s, fs, fmt.Errorf("keys.proxy: %w", err))
 		}

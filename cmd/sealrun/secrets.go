@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/sealrun/sealrun/proxy"
+	"github.com/sealrun/sealrun/proxy/client"
 	"github.com/sealrun/sealrun/secrets"
 )
 
@@ -59,6 +61,7 @@ type secretsFlags struct {
 	config                    string
 	kind                      string
 	socket, apiID, apiKeyFile string
+	idHeader, keyHeader       string
 }
 
 func newSecretsFlags(s stdio, verb, summary, examples string) *secretsFlags {
@@ -67,6 +70,8 @@ func newSecretsFlags(s stdio, verb, summary, examples string) *secretsFlags {
 	f.fs.StringVar(&f.socket, "socket", "", "act through a running secrets proxy on this unix socket instead")
 	f.fs.StringVar(&f.apiID, "api-id", "", "proxy API id (with --socket)")
 	f.fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the proxy API key (with --socket; default $SEALRUN_API_KEY)")
+	f.fs.StringVar(&f.idHeader, "id-header", proxy.DefaultIDHeader, "header carrying the API id, as the proxy's auth.id_header (with --socket)")
+	f.fs.StringVar(&f.keyHeader, "key-header", proxy.DefaultKeyHeader, "header carrying the API key, as the proxy's auth.key_header (with --socket; a Custodia deployment may use e.g. CUSTODIA_KEY_ID)")
 	f.fs.StringVar(&f.kind, "kind", secrets.KindRaw, "model kind; raw stores the bytes as an ad-hoc secret")
 	return f
 }
@@ -91,7 +96,8 @@ func (f *secretsFlags) open(ctx context.Context, s stdio, args []string, pathOpt
 	if _, err := secrets.Default().New(f.kind, path); err != nil {
 		return nil, "", usageError(s, f.fs, "%v", err), false
 	}
-	svc, err := openModelStore(ctx, f.config, f.socket, f.apiID, f.apiKeyFile)
+	svc, err := openModelStore(ctx, f.config, client.Config{Socket: f.socket, ID: f.apiID, KeyFile: f.apiKeyFile,
+		IDHeader: f.idHeader, KeyHeader: f.keyHeader})
 	if err != nil {
 		return nil, "", failure(s, f.fs, err), false
 	}
@@ -153,7 +159,10 @@ func runSecretsGet(ctx context.Context, s stdio, args []string) int {
 	f := newSecretsFlags(s, "get", `Print a stored secret or model on stdout: raw secrets as their bytes, other
 kinds as JSON (secret fields base64).`, `  sealrun secrets get --config sealrun.yaml db/password
   sealrun secrets get --config sealrun.yaml --kind host-creds h1:22
-  sealrun secrets get --socket /run/sealrun/secrets.sock --api-id ops --api-key-file ops.key db/password`)
+  sealrun secrets get --socket /run/sealrun/secrets.sock --api-id ops --api-key-file ops.key db/password
+  # through a proxy whose auth headers are renamed (auth.key_header: CUSTODIA_KEY_ID):
+  sealrun secrets get --socket /run/sealrun/secrets.sock --api-id ops --api-key-file ops.key \
+      --key-header CUSTODIA_KEY_ID db/password`)
 	svc, path, code, ok := f.open(ctx, s, args, false)
 	if !ok {
 		return code

@@ -134,10 +134,11 @@ func (p proxyStore) Delete(ctx context.Context, kind, key string) error {
 	return p.c.Delete(ctx, proxyName(kind, key))
 }
 
-// openModelStore opens the store the flags name.
-func openModelStore(ctx context.Context, configPath, socket, apiID, apiKeyFile string) (modelStore, error) {
-	if socket != "" {
-		c, err := client.New(client.Config{Socket: socket, ID: apiID, KeyFile: apiKeyFile})
+// openModelStore opens the store the flags name: the proxy on pc.Socket if
+// set, else the configuration file's storage.
+func openModelStore(ctx context.Context, configPath string, pc client.Config) (modelStore, error) {
+	if pc.Socket != "" {
+		c, err := client.New(pc)
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sealrun/sealrun/internal/proxytest"
+	"github.com/sealrun/sealrun/internal/testenv"
+	"github.com/sealrun/sealrun/proxy"
+	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/etcd"
 )
 
 // secretsCLI runs "sealrun secrets ..." in-process.
@@ -80,5 +86,32 @@ secrets: {backend: overlay, overlay: {store: etcd, master_key: `+filepath.Join(d
 	}
 	if out := run(0, "", "get", "--config", cfg, "db/other"); out != "from-file" {
 		t.Fatalf("value lost: %q", out)
+	}
+}
+
+// The secrets CLI reaches a proxy whose auth headers are renamed (as a
+// Custodia deployment's may be) with --id-header and --key-header; without
+// them the proxy's 401 names the headers it wants.
+func TestSecretsCLIHeaderNames(t *testing.T) {
+	cli := testenv.Etcd(t)
+	store, err := storage.New(etcd.New(cli, "/secrets/"), etcd.New(cli, "/state/"), storage.Options{Registry: proxy.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	srv := proxytest.Start(t, store, "ops", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}},
+		func(o *proxy.Options) { o.IDHeader, o.KeyHeader = "X-Custodia-Owner", "CUSTODIA_KEY_ID" })
+	keyFile := filepath.Join(t.TempDir(), "ops.key")
+	os.WriteFile(keyFile, []byte(srv.Key), 0o600)
+	via := []string{"--socket", srv.Socket, "--api-id", srv.ID, "--api-key-file", keyFile}
+	renamed := append([]string{"--id-header", "X-Custodia-Owner", "--key-header", "CUSTODIA_KEY_ID"}, via...)
+	if code, _, errOut := secretsCLI(t, "v1", append([]string{"put", "app/token"}, renamed...)...); code != 0 {
+		t.Fatalf("put with the proxy's header names: %s", errOut)
+	}
+	if code, out, errOut := secretsCLI(t, "", append([]string{"get", "app/token"}, renamed...)...); code != 0 || out != "v1" {
+		t.Fatalf("get with the proxy's header names: %q %s", out, errOut)
+	}
+	if code, _, errOut := secretsCLI(t, "", append([]string{"get", "app/token"}, via...)...); code != 1 || !strings.Contains(errOut, "CUSTODIA_KEY_ID") {
+		t.Fatalf("get with the default header names: exit %d: %s", code, errOut)
 	}
 }

@@ -1,9 +1,9 @@
 // Package client talks to the sealrun secrets proxy over its unix socket (or
 // a TLS URL), as the runner and the CLI do. Every call takes a context,
-// retries 503/429 and connection failures with jittered backoff, and returns
-// typed errors. Reads can be cached: Watch-driven invalidation keeps the
-// cache correct, and a broken watch drops the cache rather than serving stale
-// values.
+// retries 503/429 and connection failures with jittered backoff (a change
+// only if it cannot have reached the proxy), and returns typed errors. Reads
+// can be cached: Watch-driven invalidation keeps the cache correct, and a
+// broken watch drops the cache rather than serving stale values.
 package client
 
 import (
@@ -86,6 +86,11 @@ func New(cfg Config) (*Client, error) {
 	if cfg.KeyHeader == "" {
 		cfg.KeyHeader = "CUSTODIA_AUTH_KEY"
 	}
+	for _, h := range []string{cfg.IDHeader, cfg.KeyHeader} {
+		if !validHeaderName(h) {
+			return nil, fmt.Errorf("%q is not a valid HTTP header name for the API id or key", h)
+		}
+	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
@@ -129,6 +134,17 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.http = &http.Client{Transport: tr}
 	return c, nil
+}
+
+// validHeaderName says name is an HTTP token (RFC 9110), which a header name
+// must be.
+func validHeaderName(name string) bool {
+	for _, r := range name {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
+			return false
+		}
+	}
+	return name != ""
 }
 
 // Close releases idle connections.
@@ -181,23 +197,40 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
+	// A PUT, POST or DELETE that failed in flight may have taken effect:
+	// repeating it would answer 409 or 404 for a change that succeeded. It
+	// is repeated only when it never left (a failed dial); the caller
+	// re-reads to learn the outcome.
+	idempotent := method == http.MethodGet
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, false, ctx.Err()
 		}
-		return nil, true, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		if idempotent || isDialError(err) {
+			return nil, true, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		return nil, false, fmt.Errorf("%w: %s %s: no answer, the change may or may not have been made (read it back before retrying): %v",
+			ErrUnavailable, method, path, err)
 	}
 	defer resp.Body.Close()
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
+	if err != nil && idempotent {
 		return nil, true, fmt.Errorf("%w: reading response: %v", ErrUnavailable, err)
 	}
+	// A change's status line is its outcome, even if the body was cut
+	// (callers of PUT, POST and DELETE use only the status).
 	if resp.StatusCode < 300 {
 		return out, false, nil
 	}
 	e := errorFor(resp.StatusCode, out)
 	return nil, errors.Is(e, ErrUnavailable), e
+}
+
+// isDialError says the request never reached the server.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // errorFor turns a non-2xx answer into an *Error wrapping the typed error a
@@ -322,20 +355,42 @@ type Event struct {
 // Name is the event's path without the leading /secrets/.
 func (e Event) Name() string { return strings.TrimPrefix(e.Path, "/secrets/") }
 
+// errNotWatching is the cause of a watch given up before its ready event.
+var errNotWatching = errors.New("proxy not watching in time")
+
 // Watch streams changes below container until ctx ends or the stream breaks
-// (then the channel closes). ready is closed once the server is watching:
-// values read after it are covered by the stream.
+// (then the channel closes). It returns once the server is watching (ready
+// is then closed): values read after it are covered by the stream. A proxy
+// that is not watching within the per-attempt Timeout (its backend may be
+// unreachable) fails the watch with ErrUnavailable.
 func (c *Client) Watch(ctx context.Context, container string) (events <-chan Event, ready <-chan struct{}, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/secrets/"+escapeName(strings.Trim(container, "/"))+"/?watch=1", nil)
-	if err != nil {
+	name := strings.Trim(container, "/")
+	// The stream lives as long as ctx, so the deadline for opening it is a
+	// timer that cancels it, stopped once ready arrives.
+	sctx, cancel := context.WithCancelCause(ctx)
+	timer := time.AfterFunc(c.cfg.Timeout, func() { cancel(errNotWatching) })
+	fail := func(err error) (<-chan Event, <-chan struct{}, error) {
+		timedOut := !timer.Stop() || errors.Is(context.Cause(sctx), errNotWatching)
+		cancel(nil)
+		switch {
+		case ctx.Err() != nil:
+			return nil, nil, ctx.Err()
+		case timedOut:
+			return nil, nil, fmt.Errorf("%w: watch %s: the proxy was not watching within %v (is its backend reachable?); watch again later",
+				ErrUnavailable, name, c.cfg.Timeout)
+		}
 		return nil, nil, err
+	}
+	req, err := http.NewRequestWithContext(sctx, http.MethodGet, c.base+"/secrets/"+escapeName(name)+"/?watch=1", nil)
+	if err != nil {
+		return fail(err)
 	}
 	req.Header.Set(c.cfg.IDHeader, c.cfg.ID)
 	req.Header.Set(c.cfg.KeyHeader, c.cfg.Key)
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fail(fmt.Errorf("%w: %v", ErrUnavailable, err))
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -344,27 +399,27 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 		if e.kind == nil {
 			e.kind = ErrUnavailable
 		}
-		return nil, nil, e
+		return fail(e)
 	}
 	out := make(chan Event, 16)
 	rdy := make(chan struct{})
+	done := make(chan struct{})
+	var ended string // the proxy's error event, read after done
 	go func() {
+		defer close(done)
+		defer cancel(nil)
 		defer close(out)
 		defer resp.Body.Close()
 		sc := bufio.NewScanner(resp.Body)
 		var event string
 		readyClosed := false
-		defer func() {
-			if !readyClosed {
-				close(rdy)
-			}
-		}()
 		for sc.Scan() {
 			line := sc.Text()
 			switch {
 			case strings.HasPrefix(line, "event: "):
 				event = strings.TrimPrefix(line, "event: ")
 			case strings.HasPrefix(line, "data: "):
+				data := strings.TrimPrefix(line, "data: ")
 				switch event {
 				case "ready":
 					if !readyClosed {
@@ -373,28 +428,48 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 					}
 				case "change":
 					var ev Event
-					if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev) == nil {
+					if json.Unmarshal([]byte(data), &ev) == nil {
 						select {
 						case out <- ev:
-						case <-ctx.Done():
+						case <-sctx.Done():
 							return
 						}
 					}
 				case "error":
+					var eb struct{ Error string }
+					json.Unmarshal([]byte(data), &eb)
+					ended = eb.Error
 					return
 				}
 			}
 		}
 	}()
+	select {
+	case <-rdy:
+	case <-done:
+		select {
+		case <-rdy: // ready, then the stream ended: the caller sees the break
+		default:
+			if ended == "" {
+				ended = "the stream ended"
+			}
+			return fail(fmt.Errorf("%w: watch %s: %s before the proxy was watching; watch again", ErrUnavailable, name, ended))
+		}
+	}
+	if !timer.Stop() {
+		// The deadline passed just as ready came: the stream is cancelled.
+		return fail(nil)
+	}
 	return out, rdy, nil
 }
 
 // KeepCacheFresh watches containers and invalidates cached values as they
 // change, until ctx ends. Whenever a watch is not established (at start,
-// after a break) the cache is dropped, so no value outlives a missed event
-// for longer than it takes to notice the break. onChange, if set, is called
-// for every event and after every break or re-establishment of a watch
-// (with a zero Event).
+// after a break, while the proxy does not start one) the cache is dropped,
+// so no value outlives a missed event for longer than it takes to notice the
+// break. onChange, if set, is called for every event, and with a zero Event
+// when a watch is (re)established and when one breaks or cannot be opened
+// (once until it is established again).
 func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), containers ...string) {
 	var wg sync.WaitGroup
 	for _, ct := range containers {
@@ -402,15 +477,16 @@ func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), conta
 		go func() {
 			defer wg.Done()
 			backoff := 100 * time.Millisecond
+			told := false // onChange knows the watch is down
 			for ctx.Err() == nil {
 				c.InvalidateAll()
-				events, ready, err := c.Watch(ctx, ct)
+				events, _, err := c.Watch(ctx, ct) // watching, or failed within the Timeout
 				if err == nil {
-					<-ready
 					c.InvalidateAll() // anything cached before ready may be stale
 					if onChange != nil {
 						onChange(Event{})
 					}
+					told = false
 					backoff = 100 * time.Millisecond
 					for ev := range events {
 						c.Invalidate(ev.Name())
@@ -418,11 +494,12 @@ func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), conta
 							onChange(ev)
 						}
 					}
-					// The stream broke: whoever relies on it re-reads now,
-					// so an unreachable backend is noticed, not assumed away.
-					if onChange != nil && ctx.Err() == nil {
-						onChange(Event{})
-					}
+				}
+				// No watch: whoever relies on it re-reads now, so an
+				// unreachable backend is noticed, not assumed away.
+				if onChange != nil && !told && ctx.Err() == nil {
+					onChange(Event{})
+					told = true
 				}
 				select {
 				case <-ctx.Done():
