@@ -457,6 +457,9 @@ func (s *Server) backendError(err error) *apiError {
 	case driver.Conflict:
 		return &apiError{http.StatusConflict, "already exists or changed concurrently"}
 	case driver.InvalidKey, driver.InvalidValue:
+		if errors.Is(err, driver.ErrTooLarge) {
+			return &apiError{http.StatusRequestEntityTooLarge, "value too large for the secret backend; store a smaller one, or raise the backend's request limit and then limits.max_body"}
+		}
 		return &apiError{http.StatusBadRequest, err.Error()}
 	case driver.Unavailable, driver.Canceled:
 		s.o.Logger.Warn("secret backend unavailable", "err", err)

@@ -315,3 +315,18 @@ func TestBackendRefusesProxy(t *testing.T) {
 		t.Fatalf("GET with the backend refusing the proxy: %d %q, want 503 naming the cause", code, body)
 	}
 }
+
+// A value the backend refuses for its size (etcd's request limit; the test
+// etcd allows 4 MiB, the overlay's JWE nearly doubles a value) is a 413
+// saying what to do, and nothing is stored.
+func TestValueTooLargeForBackend(t *testing.T) {
+	f := startProxy(t, overlayStore(t), func(o *Options) { o.MaxBody = 16 << 20 })
+	big := strings.Repeat("v", 3<<20)
+	code, body := f.raw(t, "PUT", "/secrets/big", f.admin(jsonCT, "application/json"), simple(big))
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(body, "too large for the secret backend") {
+		t.Fatalf("PUT of 3 MiB: %d %q, want 413 naming the backend", code, body)
+	}
+	if code, _ := f.raw(t, "GET", "/secrets/big", f.admin(), ""); code != 404 {
+		t.Fatalf("GET after the refused PUT: %d, want 404", code)
+	}
+}

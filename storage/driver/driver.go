@@ -125,6 +125,9 @@ var (
 	ErrInvalidValue = errors.New("invalid value")
 	ErrIntegrity    = errors.New("integrity check failed")
 	ErrClosed       = errors.New("driver closed")
+	// ErrTooLarge is an ErrInvalidValue: the backend refuses a value this
+	// large (etcd's --max-request-bytes, Vault's max_request_size).
+	ErrTooLarge = fmt.Errorf("%w: too large for the backend", ErrInvalidValue)
 	// ErrBatchUnsupported is returned by a wrapping driver (the overlay) whose
 	// inner driver cannot batch; callers fall back to single puts themselves,
 	// since only they know whether losing atomicity is acceptable.

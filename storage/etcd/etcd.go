@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -242,6 +243,10 @@ func (d *Driver) wrap(op, key string, err error) error {
 		return fmt.Errorf("etcd %s %q: etcd's database is full (NOSPACE alarm, quota-backend-bytes reached): "+
 			"compact and defragment etcd, then disarm the alarm (etcdctl alarm disarm): %w", op, key, err)
 	}
+	if tooLarge(err) {
+		return fmt.Errorf("etcd %s %q: %w: etcd refused the request for its size (etcd's --max-request-bytes, 1.5 MiB by default, "+
+			"or the client's 8 MiB send limit; the overlay stores a value base64-encoded, about 1.8 times its size): %v", op, key, driver.ErrTooLarge, err)
+	}
 	if d.ErrorCode(err) == driver.Unavailable {
 		return fmt.Errorf("etcd %s %q: no answer from %v (is etcd running and reachable? check endpoints and TLS): %w",
 			op, key, d.client.Endpoints(), err)
@@ -254,7 +259,25 @@ func (d *Driver) ErrorCode(err error) driver.Code {
 	if c := driver.CommonCode(err); c != driver.Unknown {
 		return c
 	}
+	if tooLarge(err) { // not Unavailable: retrying cannot help
+		return driver.InvalidValue
+	}
 	return grpcCode(err)
+}
+
+// tooLarge says etcd refused a request for its size: the server's
+// --max-request-bytes, or the gRPC client's send limit (ResourceExhausted).
+func tooLarge(err error) bool {
+	if errors.Is(err, rpctypes.ErrRequestTooLarge) {
+		return true
+	}
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return false
+	}
+	st := se.GRPCStatus()
+	return st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max") ||
+		st.Code() == codes.InvalidArgument && strings.Contains(st.Message(), "request is too large")
 }
 
 // grpcCode classifies errors from the etcd client, which are gRPC statuses.

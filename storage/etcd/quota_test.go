@@ -3,6 +3,7 @@ package etcd_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -23,30 +24,7 @@ import (
 // the operator's compaction, defragmentation and alarm disarm, writes work
 // again and every value written before is intact.
 func TestQuotaExhaustedAndRecovered(t *testing.T) {
-	ec := embed.NewConfig()
-	ec.Dir = t.TempDir()
-	loop := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
-	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{loop}, []url.URL{loop}
-	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{loop}, []url.URL{loop}
-	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	ec.QuotaBackendBytes = 8 << 20
-	e, err := embed.StartEtcd(ec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("etcd not ready")
-	}
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + e.Clients[0].Addr().String()},
-		DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := startEtcd(t, func(ec *embed.Config) { ec.QuotaBackendBytes = 8 << 20 })
 	d := etcd.New(c, "/sealrun/state/")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -117,5 +95,59 @@ func TestQuotaExhaustedAndRecovered(t *testing.T) {
 			first, _, _ := bytes.Cut(got.Value, []byte("."))
 			t.Errorf("job/%d after recovery holds %q, want generation %d (the last acknowledged) or %d", k, first, gen, gen+1)
 		}
+	}
+}
+
+// startEtcd starts an etcd of its own (tweak sets its limits) on loopback
+// and returns a client whose send limit is the one sealrun uses (8 MiB).
+func startEtcd(t *testing.T, tweak func(*embed.Config)) *clientv3.Client {
+	t.Helper()
+	ec := embed.NewConfig()
+	ec.Dir = t.TempDir()
+	loop := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{loop}, []url.URL{loop}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{loop}, []url.URL{loop}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	if tweak != nil {
+		tweak(ec)
+	}
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		t.Fatal("etcd not ready")
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + e.Clients[0].Addr().String()},
+		DialTimeout: 5 * time.Second, Logger: zap.NewNop(), MaxCallSendMsgSize: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestTooLarge: a value over etcd's request limit (its default 1.5 MiB) or
+// the client's send limit is an invalid value that says why, not a
+// retryable outage; nothing is written, and smaller values still are.
+func TestTooLarge(t *testing.T) {
+	d := etcd.New(startEtcd(t, nil), "/sealrun/state/")
+	ctx := context.Background()
+	for _, size := range []int{2 << 20, 9 << 20} {
+		key := fmt.Sprintf("big-%d", size)
+		_, err := d.Put(ctx, key, bytes.Repeat([]byte("x"), size), driver.PutOptions{})
+		if d.ErrorCode(err) != driver.InvalidValue || !errors.Is(err, driver.ErrTooLarge) || !strings.Contains(fmt.Sprint(err), "max-request-bytes") {
+			t.Fatalf("put of %d bytes: code %v, err %v; want InvalidValue, ErrTooLarge, naming max-request-bytes", size, d.ErrorCode(err), err)
+		}
+		if _, err := d.Get(ctx, key); d.ErrorCode(err) != driver.NotFound {
+			t.Fatalf("after the refused put of %d bytes: %v, want not found", size, err)
+		}
+	}
+	if _, err := d.Put(ctx, "fits", bytes.Repeat([]byte("x"), 1<<20), driver.PutOptions{}); err != nil {
+		t.Fatalf("1 MiB put: %v", err)
 	}
 }
