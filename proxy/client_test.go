@@ -317,22 +317,36 @@ func TestClientDoesNotRepeatChanges(t *testing.T) {
 	}
 }
 
-// unavailableOnce answers the next Put as an unreachable backend would.
+// unavailableOnce answers the next Put, or the next Get, as an
+// unreachable backend would. A failed Put may have been made (a timeout
+// after the commit), a failed Get changed nothing.
 type unavailableOnce struct {
 	Store
-	fail atomic.Bool
-	puts atomic.Int32
+	failPut, failGet atomic.Bool
+	puts, gets       atomic.Int32
 }
 
 func (s *unavailableOnce) Put(ctx context.Context, m secrets.Model, o driver.PutOptions) (int64, error) {
 	s.puts.Add(1)
-	if s.fail.CompareAndSwap(true, false) {
+	if s.failPut.CompareAndSwap(true, false) {
 		return 0, &storage.Error{Op: "put", Kind: m.Kind(), Key: m.Key(), Code: driver.Unavailable, Err: errors.New("test: backend unreachable")}
 	}
 	return s.Store.Put(ctx, m, o)
 }
 
-// A 503 means the change was not made: the client retries it, and succeeds.
+func (s *unavailableOnce) Get(ctx context.Context, m secrets.Model) (int64, error) {
+	if m.Kind() == KindContainer { // the PUT's parent check, before any write
+		s.gets.Add(1)
+		if s.failGet.CompareAndSwap(true, false) {
+			return 0, &storage.Error{Op: "get", Kind: m.Kind(), Key: m.Key(), Code: driver.Unavailable, Err: errors.New("test: backend unreachable")}
+		}
+	}
+	return s.Store.Get(ctx, m)
+}
+
+// A 503 before the backend was asked to change anything is repeated, and
+// succeeds; a 503 from the write itself is not (it may have been made),
+// and the error says to read it back.
 func TestClientRetriesUnavailable(t *testing.T) {
 	store := &unavailableOnce{Store: overlayStore(t)}
 	f := startProxy(t, store, nil)
@@ -341,16 +355,27 @@ func TestClientRetriesUnavailable(t *testing.T) {
 	if err := c.CreateContainer(ctx, "app"); err != nil {
 		t.Fatal(err)
 	}
-	before := store.puts.Load()
-	store.fail.Store(true)
+
+	puts, gets := store.puts.Load(), store.gets.Load()
+	store.failGet.Store(true)
 	if err := c.Put(ctx, "app/db", []byte("pw")); err != nil {
-		t.Fatalf("put after one 503: %v", err)
+		t.Fatalf("put after a 503 that changed nothing: %v", err)
 	}
-	if n := store.puts.Load() - before; n != 2 {
-		t.Fatalf("backend saw %d puts, want 2 (the 503, then the retry)", n)
+	if p, g := store.puts.Load()-puts, store.gets.Load()-gets; p != 1 || g != 2 {
+		t.Fatalf("backend saw %d puts and %d parent checks, want 1 and 2 (the 503, then the retry)", p, g)
 	}
 	if v, err := c.GetFresh(ctx, "app/db"); err != nil || string(v) != "pw" {
 		t.Fatalf("get: %q %v", v, err)
+	}
+
+	puts = store.puts.Load()
+	store.failPut.Store(true)
+	err := c.Put(ctx, "app/other", []byte("pw2"))
+	if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "may or may not have been made") {
+		t.Fatalf("put whose write failed: %v, want ErrUnavailable saying it may have been made", err)
+	}
+	if n := store.puts.Load() - puts; n != 1 {
+		t.Fatalf("backend saw %d puts, want 1: a write that may have been made is not repeated", n)
 	}
 }
 
@@ -366,10 +391,12 @@ type stallWatches struct {
 func (s *stallWatches) Watch(ctx context.Context, prefix string) (<-chan driver.Event, error) {
 	if strings.Contains(prefix, "stall") {
 		s.calls.Add(1)
+		sctx, cancel := driver.SetupContext(ctx) // as etcd's first read
+		defer cancel()
 		select {
 		case <-s.release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		case <-sctx.Done():
+			return nil, sctx.Err()
 		}
 	}
 	return s.Driver.Watch(ctx, prefix)
@@ -377,7 +404,7 @@ func (s *stallWatches) Watch(ctx context.Context, prefix string) (<-chan driver.
 
 // stallProxy serves a store whose watches below "stall" hang, with the
 // store's timeout and a client with its per-attempt timeout.
-func stallProxy(t *testing.T, storeTimeout, clientTimeout time.Duration) (*stallWatches, *client.Client) {
+func stallProxy(t *testing.T, storeTimeout, clientTimeout time.Duration) (*stallWatches, *client.Client, *fixture) {
 	cli := testenv.Etcd(t)
 	sw := &stallWatches{Driver: etcddrvSecretish(cli), release: make(chan struct{})}
 	svc, err := storage.New(sw, etcddrv.New(cli, "/state/"), storage.Options{Registry: Registry(), Timeout: storeTimeout})
@@ -391,10 +418,12 @@ func stallProxy(t *testing.T, storeTimeout, clientTimeout time.Duration) (*stall
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	if err := c.CreateContainer(context.Background(), "stall"); err != nil {
-		t.Fatal(err)
+	// Set up without the short client timeout: an audit and etcd fsync on a
+	// slow disk must not fail the test.
+	if code, body := f.raw(t, "POST", "/secrets/stall/", f.admin(), ""); code != 201 {
+		t.Fatalf("create container: %d %q", code, body)
 	}
-	return sw, c
+	return sw, c, f
 }
 
 // Opening a watch on a backend that does not answer fails in bounded time:
@@ -413,7 +442,7 @@ func TestWatchOpenBounded(t *testing.T) {
 		return time.Since(start), err
 	}
 	t.Run("proxy", func(t *testing.T) {
-		_, c := stallProxy(t, 300*time.Millisecond, 5*time.Second)
+		_, c, _ := stallProxy(t, 300*time.Millisecond, 5*time.Second)
 		took, err := open(t, c)
 		var e *client.Error
 		if !errors.As(err, &e) || e.Status != http.StatusServiceUnavailable || took > 4*time.Second {
@@ -422,7 +451,7 @@ func TestWatchOpenBounded(t *testing.T) {
 		t.Logf("user sees: %v", err)
 	})
 	t.Run("client", func(t *testing.T) {
-		_, c := stallProxy(t, time.Minute, 300*time.Millisecond)
+		_, c, _ := stallProxy(t, time.Minute, 300*time.Millisecond)
 		took, err := open(t, c)
 		if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "not watching within") || took > 4*time.Second {
 			t.Fatalf("after %v: %v, want the client's own timeout", took, err)
@@ -435,7 +464,7 @@ func TestWatchOpenBounded(t *testing.T) {
 // up after the Timeout), tells onChange the watch is down, and follows the
 // stream once the backend answers.
 func TestKeepCacheFreshRetriesStalledWatch(t *testing.T) {
-	sw, c := stallProxy(t, time.Minute, 300*time.Millisecond)
+	sw, c, f := stallProxy(t, time.Minute, 300*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var zero, changes atomic.Int32
@@ -456,8 +485,8 @@ func TestKeepCacheFreshRetriesStalledWatch(t *testing.T) {
 	}
 	close(sw.release)
 	eventually(t, "watch established once the backend answers", func() bool { return zero.Load() == 2 })
-	if err := c.Put(ctx, "stall/k", []byte("v")); err != nil {
-		t.Fatal(err)
+	if code, body := f.raw(t, "PUT", "/secrets/stall/k", f.admin(jsonCT, "application/json"), simple("v")); code != 201 {
+		t.Fatalf("put: %d %q", code, body)
 	}
 	eventually(t, "change delivered", func() bool { return changes.Load() > 0 })
 	cancel()

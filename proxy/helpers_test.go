@@ -174,6 +174,13 @@ func startProxy(t testing.TB, store Store, tweak func(*Options)) *fixture {
 // and body.
 func (f *fixture) raw(t testing.TB, method, path string, hdr map[string]string, body string) (int, string) {
 	t.Helper()
+	code, _, out := f.rawHeader(t, method, path, hdr, body)
+	return code, out
+}
+
+// rawHeader is raw that also returns the response's headers.
+func (f *fixture) rawHeader(t testing.TB, method, path string, hdr map[string]string, body string) (int, http.Header, string) {
+	t.Helper()
 	c, err := net.Dial("unix", f.sock)
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +217,7 @@ func (f *fixture) raw(t testing.TB, method, path string, hdr map[string]string, 
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(out)
+	return resp.StatusCode, resp.Header, string(out)
 }
 
 // as returns headers authenticating with id and key.

@@ -81,10 +81,20 @@ func ListenUnix(path string, mode os.FileMode, group string) (net.Listener, erro
 	if err := os.Chmod(tmpPath, mode); err != nil {
 		return fail(err)
 	}
-	if err := os.Rename(tmpPath, path); err != nil {
+	// Link, not rename: a rename would replace a socket another proxy
+	// created since the check above; a link fails on it instead.
+	if err := os.Link(tmpPath, path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			err = fmt.Errorf("another server created %s meanwhile", path)
+		}
 		return fail(err)
 	}
-	return &unixListener{UnixListener: ul, path: path}, nil
+	fi, err := os.Lstat(path)
+	if err != nil {
+		os.Remove(path)
+		return fail(err)
+	}
+	return &unixListener{UnixListener: ul, path: path, file: fi}, nil
 }
 
 // unixListener removes its socket file on Close, which net's own unlinking
@@ -92,12 +102,16 @@ func ListenUnix(path string, mode os.FileMode, group string) (net.Listener, erro
 type unixListener struct {
 	*net.UnixListener
 	path string
+	file os.FileInfo // the socket file, so Close removes only its own
 }
 
 func (l *unixListener) Close() error {
 	err := l.UnixListener.Close()
 	if !errors.Is(err, net.ErrClosed) {
-		os.Remove(l.path)
+		// A new server may have replaced a socket it found dead: leave it.
+		if fi, statErr := os.Lstat(l.path); statErr == nil && os.SameFile(fi, l.file) {
+			os.Remove(l.path)
+		}
 	}
 	return err
 }

@@ -277,3 +277,30 @@ func TestActivatedListeners(t *testing.T) {
 		l.Close()
 	}
 }
+
+// Closing a listener whose socket file was replaced (removed by hand, a new
+// server started) leaves the new server's socket alone.
+func TestListenUnixCloseKeepsReplacement(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	a, err := ListenUnix(path, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(path)
+	b, err := ListenUnix(path, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a.Close()
+	go func() {
+		if c, err := b.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the new server's socket after the old one closed: %v", err)
+	}
+	c.Close()
+}

@@ -128,7 +128,7 @@ func (s *Server) put(ctx context.Context, name string, v value) error {
 		}
 		_, err := s.o.Store.Put(ctx, &secrets.Raw{Name: name, Value: secrets.Secret(v)}, driver.PutOptions{IfAbsent: true})
 		s.written(secrets.KindRaw, name)
-		return err
+		return mutation(err)
 	}
 	if t.key == "" {
 		return fail(http.StatusMethodNotAllowed, "PUT needs /secrets/%s/<kind>/<key>", typedPrefix)
@@ -147,7 +147,7 @@ func (s *Server) put(ctx context.Context, name string, v value) error {
 	}
 	_, err = s.o.Store.Put(ctx, m, driver.PutOptions{IfAbsent: true})
 	s.written(t.kind, t.key)
-	return err
+	return mutation(err)
 }
 
 // jsonErrorShape describes a decode error without echoing input (which may
@@ -177,11 +177,11 @@ func (s *Server) delete(ctx context.Context, name string) error {
 		}
 		err := s.o.Store.Delete(ctx, t.kind, t.key, driver.DeleteOptions{})
 		s.written(t.kind, t.key)
-		return err
+		return mutation(err)
 	}
 	err = s.o.Store.Delete(ctx, secrets.KindRaw, name, driver.DeleteOptions{})
 	s.written(secrets.KindRaw, name)
-	return err
+	return mutation(err)
 }
 
 // containerLocks make "the container is empty, delete it" atomic against
@@ -246,7 +246,7 @@ func (s *Server) createContainer(ctx context.Context, name string) (created bool
 	if storage.Code(err) == driver.Conflict {
 		return false, nil
 	}
-	return err == nil, err
+	return err == nil, mutation(err)
 }
 
 func (s *Server) containerExists(ctx context.Context, name string) error {
@@ -343,5 +343,5 @@ func (s *Server) deleteContainer(ctx context.Context, name string) error {
 			return fail(http.StatusConflict, "container /secrets/%s/ is not empty", name)
 		}
 	}
-	return s.o.Store.Delete(ctx, KindContainer, name, driver.DeleteOptions{})
+	return mutation(s.o.Store.Delete(ctx, KindContainer, name, driver.DeleteOptions{}))
 }

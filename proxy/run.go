@@ -139,7 +139,9 @@ func (c *Config) listeners() ([]net.Listener, error) {
 func (c *Config) activated(ls []net.Listener) ([]net.Listener, error) {
 	closeAll := func() {
 		for _, l := range ls {
-			l.Close()
+			if l != nil {
+				l.Close()
+			}
 		}
 	}
 	t := c.Listen.TCP
@@ -154,6 +156,9 @@ func (c *Config) activated(ls []net.Listener) ([]net.Listener, error) {
 	out := make([]net.Listener, 0, len(ls)+1)
 	sawTCP := false
 	for _, l := range ls {
+		if l == nil {
+			continue // a passed descriptor that is not a listening socket
+		}
 		if _, ok := l.Addr().(*net.UnixAddr); ok {
 			out = append(out, l)
 			continue

@@ -79,6 +79,7 @@ type Server struct {
 	o        Options
 	limits   sync.Map     // credential id -> *rate.Limiter
 	failures sync.Map     // failKey -> *rate.Limiter
+	peerFail sync.Map     // peer -> *rate.Limiter, all ids together
 	nFail    atomic.Int64 // entries in failures
 	reqs     *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -191,6 +192,25 @@ func fail(status int, format string, a ...any) error {
 	return &apiError{status: status, msg: fmt.Sprintf(format, a...)}
 }
 
+// NotAppliedHeader on a 429 or 503 says the request changed nothing, so a
+// client may repeat a PUT, POST or DELETE. Without it a failed change may
+// have been made (the backend timed out after committing it) and must be
+// read back before it is repeated.
+const NotAppliedHeader = "Sealrun-Not-Applied"
+
+// mayBeApplied marks an error from a backend call that changes state: the
+// change may have been made even though the call failed.
+type mayBeApplied struct{ error }
+
+func (e mayBeApplied) Unwrap() error { return e.error }
+
+func mutation(err error) error {
+	if err == nil {
+		return nil
+	}
+	return mayBeApplied{err}
+}
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/" {
@@ -212,6 +232,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var ae *apiError
 		if !errors.As(err, &ae) {
 			ae = s.backendError(err)
+		}
+		if ae.status == http.StatusTooManyRequests || ae.status == http.StatusServiceUnavailable {
+			if !errors.As(err, new(mayBeApplied)) {
+				w.Header().Set(NotAppliedHeader, "1")
+			}
 		}
 		s.respond(q, ae.status, ae.msg, func() { writeJSON(w, ae.status, map[string]string{"error": ae.msg}) })
 	}
@@ -338,25 +363,31 @@ func checkQueryType(r *http.Request) error {
 }
 
 // authenticate checks the API id/key headers and peer uid. Guessing is
-// rate-limited per peer and claimed id before any key is checked: per id,
-// so that one client with a wrong key does not lock out the others that
-// share its uid or address.
+// rate-limited before any key is checked, per peer and claimed id, so that
+// one client with a wrong key does not lock out the others sharing its uid
+// or address; and, ten times looser, per peer over all ids, so that made-up
+// ids (each a backend read) cannot be sent without limit.
 func (s *Server) authenticate(q *request) (*secrets.APICredential, error) {
 	id := q.r.Header.Get(s.o.IDHeader)
 	key := q.r.Header.Get(s.o.KeyHeader)
-	failLim := s.failLimiter(failKey{peer: peerKey(q.r), id: truncate(id, 128)})
-	if failLim.Tokens() < 1 {
+	peer := peerKey(q.r)
+	idLim, peerLim := s.failLimiter(failKey{peer: peer, id: truncate(id, 128)}), s.peerFailLimiter(peer)
+	if idLim.Tokens() < 1 || peerLim.Tokens() < 1 {
 		q.w.Header().Set("Retry-After", "1")
-		return nil, fail(http.StatusTooManyRequests, "too many failed authentications for this API id from this peer; wait before retrying")
+		return nil, fail(http.StatusTooManyRequests, "too many failed authentications from this peer; wait before retrying")
+	}
+	failed := func() {
+		idLim.Allow()
+		peerLim.Allow()
 	}
 	if id == "" || key == "" {
-		failLim.Allow()
+		failed()
 		return nil, fail(http.StatusUnauthorized, "missing %s or %s header", s.o.IDHeader, s.o.KeyHeader)
 	}
 	q.rec.Credential = truncate(id, 128)
 	cred, err := s.o.Credentials.Authenticate(q.r.Context(), id, key)
 	if errors.Is(err, errUnauthenticated) {
-		failLim.Allow()
+		failed()
 		return nil, fail(http.StatusUnauthorized, "%v", err)
 	}
 	if err != nil {
@@ -419,6 +450,17 @@ func (s *Server) failLimiter(k failKey) *rate.Limiter {
 	return l.(*rate.Limiter)
 }
 
+// peerFailLimiter counts failures from peer whatever the id. Peers are
+// uids and client addresses, so the map stays small; it is never cleared,
+// which made-up ids could otherwise force.
+func (s *Server) peerFailLimiter(peer string) *rate.Limiter {
+	if l, ok := s.peerFail.Load(peer); ok {
+		return l.(*rate.Limiter)
+	}
+	l, _ := s.peerFail.LoadOrStore(peer, rate.NewLimiter(rate.Limit(10*s.o.AuthFailRate), 10*s.o.AuthFailBurst))
+	return l.(*rate.Limiter)
+}
+
 // respond audits, then (only if the audit line is durable) writes.
 func (s *Server) respond(q *request, status int, reason string, write func()) error {
 	if q.logged {
@@ -437,9 +479,18 @@ func (s *Server) respond(q *request, status int, reason string, write func()) er
 	q.rec.Reason = truncate(reason, 512)
 	if err := s.o.Audit.Log(context.WithoutCancel(q.r.Context()), q.rec); err != nil {
 		s.o.Logger.Error("audit log failed; refusing the request", "err", err)
+		// A change is made before its line is written: say so, rather
+		// than that nothing happened.
+		applied := status < 400 && (q.verb == "put" || q.verb == "create" || q.verb == "delete")
+		msg := "audit log unavailable; the request was not served"
+		if applied {
+			msg = "audit log unavailable; the change was made but is not confirmed: read it back before repeating it"
+		} else {
+			q.w.Header().Set(NotAppliedHeader, "1")
+		}
 		status = http.StatusServiceUnavailable
 		write = func() {
-			writeJSON(q.w, status, map[string]string{"error": "audit log unavailable; the request was not served"})
+			writeJSON(q.w, status, map[string]string{"error": msg})
 		}
 	}
 	s.reqs.WithLabelValues(q.verb, strconv.Itoa(status)).Inc()
@@ -463,6 +514,9 @@ func (s *Server) backendError(err error) *apiError {
 		return &apiError{http.StatusBadRequest, err.Error()}
 	case driver.Unavailable, driver.Canceled:
 		s.o.Logger.Warn("secret backend unavailable", "err", err)
+		if errors.As(err, new(mayBeApplied)) {
+			return &apiError{http.StatusServiceUnavailable, "secret backend did not confirm the change (unavailable or timed out); it may or may not have been made: read it back before repeating it"}
+		}
 		return &apiError{http.StatusServiceUnavailable, "secret backend unavailable; retry later"}
 	case driver.PermissionDenied:
 		// The proxy's own Vault token or etcd user was refused (expired,

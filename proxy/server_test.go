@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -206,6 +207,17 @@ func testSecurity(t *testing.T, store Store) {
 	if code, body := f.raw(t, "GET", "/secrets/bob/k", f.admin(), ""); code != 200 {
 		t.Errorf("admin on the same uid after alice's lockout: %d %q, want 200", code, body)
 	}
+	// Made-up ids, each its own per-id budget, still meet the per-peer one.
+	saw429 = false
+	for i := range 200 {
+		if code, _ := f.raw(t, "GET", "/secrets/alice/x", as(fmt.Sprintf("made-up-%d", i), "sr1.guess"), ""); code == 429 {
+			saw429 = true
+			break
+		}
+	}
+	if !saw429 {
+		t.Error("200 made-up ids in a row were never rate-limited")
+	}
 	// Every refusal is in the audit log, with peer credentials, and the
 	// chain verifies; no value appears in it.
 	data, _ := os.ReadFile(f.audit)
@@ -328,5 +340,28 @@ func TestValueTooLargeForBackend(t *testing.T) {
 	}
 	if code, _ := f.raw(t, "GET", "/secrets/big", f.admin(), ""); code != 404 {
 		t.Fatalf("GET after the refused PUT: %d, want 404", code)
+	}
+}
+
+// When the audit log fails nothing more is served (503). A read says it
+// changed nothing (a client may repeat it); a change that was made before
+// its line could be written says so, and that it must be read back.
+func TestAuditFailureRefusesService(t *testing.T) {
+	store := overlayStore(t)
+	f := startProxy(t, store, nil)
+	f.raw(t, "POST", "/secrets/app/", f.admin(), "")
+	f.srv.o.Audit.Close() // every Log fails from now on
+
+	code, hdr, body := f.rawHeader(t, "GET", "/secrets/app/", f.admin(), "")
+	if code != 503 || hdr.Get(NotAppliedHeader) != "1" || !strings.Contains(body, "not served") {
+		t.Fatalf("list with the audit log down: %d %q %q, want 503, not applied, not served", code, hdr, body)
+	}
+	code, hdr, body = f.rawHeader(t, "PUT", "/secrets/app/k", f.admin(jsonCT, "application/json"), simple("written-before-audit"))
+	if code != 503 || hdr.Get(NotAppliedHeader) != "" || !strings.Contains(body, "read it back") {
+		t.Fatalf("put with the audit log down: %d %q %q, want 503 saying the change was made", code, hdr, body)
+	}
+	m := &secrets.Raw{Name: "app/k"}
+	if _, err := store.Get(context.Background(), m); err != nil || string(m.Value) != "written-before-audit" {
+		t.Fatalf("the put's value: %v", err)
 	}
 }

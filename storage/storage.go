@@ -371,31 +371,21 @@ func (s *Service) List(ctx context.Context, kind, prefix string) ([]string, erro
 }
 
 // Watch delivers changes to models of kind below prefix (see driver.Watch).
-// Event keys are model keys, without the kind. Opening the watch (the
-// driver's first read) is bounded by Options.Timeout, the stream only by
-// ctx.
+// Event keys are model keys, without the kind. A driver whose start can
+// wait forever bounds it by Options.Timeout (driver.SetupContext); the
+// stream is bounded only by ctx.
 func (s *Service) Watch(ctx context.Context, kind, prefix string) (<-chan driver.Event, error) {
 	d, _, err := s.route(kind)
 	if err != nil {
 		return nil, &Error{Op: "watch", Kind: kind, Key: prefix, Code: driver.InvalidKey, Err: err}
 	}
-	// The driver's context also ends the stream, so it cannot carry the
-	// deadline: the timer cancels it instead if the setup is still running.
-	// Otherwise an unreachable etcd (whose client waits for the cluster)
-	// hangs the watch forever.
 	wctx, cancel := context.WithCancel(ctx)
-	timer := time.AfterFunc(s.timeout, cancel)
-	in, err := d.Watch(wctx, path.Join(kind, prefix))
-	if !timer.Stop() && ctx.Err() == nil {
-		cancel()
-		if err == nil || errors.Is(err, context.Canceled) {
-			err = context.DeadlineExceeded // the timer's cancellation, not the caller's
-		}
-		return nil, &Error{Op: "watch", Kind: kind, Key: prefix, Code: driver.Unavailable,
-			Err: fmt.Errorf("the backend did not start the watch within %v (is it reachable?): %w", s.timeout, err)}
-	}
+	in, err := d.Watch(driver.WithSetupTimeout(wctx, s.timeout), path.Join(kind, prefix))
 	if err != nil {
 		cancel()
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("the backend did not start the watch within %v (is it reachable?): %w", s.timeout, err)
+		}
 		return nil, &Error{Op: "watch", Kind: kind, Key: prefix, Code: d.ErrorCode(err), Err: err}
 	}
 	out := make(chan driver.Event)

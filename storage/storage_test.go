@@ -236,8 +236,34 @@ func TestWatchOutlivesTimeout(t *testing.T) {
 	if _, err := svc.Put(t.Context(), &secrets.RunnerRecord{ID: "r1"}, driver.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if e, ok := <-ch; !ok || e.Key != "r1" || e.Err != nil {
-		t.Fatalf("event = %+v (open %v)", e, ok)
+	select {
+	case e, ok := <-ch:
+		if !ok || e.Key != "r1" || e.Err != nil {
+			t.Fatalf("event = %+v (open %v)", e, ok)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event within 5s: the stream ended with its setup timeout")
+	}
+}
+
+// slowStart is a driver whose Watch takes a while to start without ever
+// hanging (as Vault's first listing of many keys, each request bounded).
+type slowStart struct{ driver.Driver }
+
+func (s slowStart) Watch(ctx context.Context, prefix string) (<-chan driver.Event, error) {
+	time.Sleep(200 * time.Millisecond)
+	return s.Driver.Watch(ctx, prefix)
+}
+
+// TestWatchSlowStartNotCut: the setup bound applies to drivers that ask
+// for it (driver.SetupContext); a slow but progressing start is not cut.
+func TestWatchSlowStartNotCut(t *testing.T) {
+	svc, err := storage.New(slowStart{memory.New()}, slowStart{memory.New()}, storage.Options{Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Watch(t.Context(), secrets.KindRunnerRecord, ""); err != nil {
+		t.Fatalf("watch with a 200ms start and a 50ms timeout: %v", err)
 	}
 }
 

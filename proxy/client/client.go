@@ -224,8 +224,15 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 		return out, false, nil
 	}
 	e := errorFor(resp.StatusCode, out)
-	return nil, errors.Is(e, ErrUnavailable), e
+	// A change answered 503 may have been made (the proxy's backend timed
+	// out after committing it): repeated only if the proxy says it was not.
+	retry := errors.Is(e, ErrUnavailable) && (idempotent || resp.Header.Get(notAppliedHeader) == "1")
+	return nil, retry, e
 }
+
+// notAppliedHeader is proxy.NotAppliedHeader (this package does not import
+// the server).
+const notAppliedHeader = "Sealrun-Not-Applied"
 
 // isDialError says the request never reached the server.
 func isDialError(err error) bool {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -267,4 +268,25 @@ func BatchKeys(puts []BatchPut) []string {
 		keys[i] = p.Key
 	}
 	return keys
+}
+
+type setupKey struct{}
+
+// WithSetupTimeout returns ctx carrying a bound for the blocking start of a
+// long-lived call (a Watch's first read). ctx itself cannot carry it: its
+// deadline would also end the stream.
+func WithSetupTimeout(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, setupKey{}, d)
+}
+
+// SetupContext is the context for that start: ctx bounded by the timeout
+// WithSetupTimeout put in it, if any. A driver whose start may wait
+// forever (etcd's client waits for an unreachable cluster) uses it; one
+// whose every request is already bounded (Vault's HTTP client) need not,
+// so a long first listing is not cut short.
+func SetupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Value(setupKey{}).(time.Duration); ok && d > 0 {
+		return context.WithTimeout(ctx, d)
+	}
+	return context.WithCancel(ctx)
 }

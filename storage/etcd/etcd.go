@@ -200,7 +200,11 @@ func (d *Driver) Watch(ctx context.Context, prefix string) (<-chan driver.Event,
 	if dir == "" {
 		key, opts = "\x00", []clientv3.OpOption{clientv3.WithFromKey()}
 	}
-	head, err := d.kv.Get(ctx, key, append(opts, clientv3.WithCountOnly())...)
+	// etcd's client waits for an unreachable cluster: the first read is
+	// bounded (driver.SetupContext), the stream is not.
+	sctx, scancel := driver.SetupContext(ctx)
+	head, err := d.kv.Get(sctx, key, append(opts, clientv3.WithCountOnly())...)
+	scancel()
 	if err != nil {
 		return nil, d.wrap("watch", prefix, err)
 	}
@@ -276,6 +280,9 @@ func tooLarge(err error) bool {
 		return false
 	}
 	st := se.GRPCStatus()
+	// "trying to send": the client refused our request; "received": etcd's
+	// gRPC server did (the client's own receive limit is unbounded, so an
+	// answer never gets here).
 	return st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max") ||
 		st.Code() == codes.InvalidArgument && strings.Contains(st.Message(), "request is too large")
 }
