@@ -184,8 +184,9 @@ func startProxy(t testing.TB, store *storage.Service) (sock, id, key string) {
 	return s.Socket, s.ID, s.Key
 }
 
-func TestCustodiaSource(t *testing.T) {
-	ctx := context.Background()
+// custodiaStore is the store behind the proxy that stands in for Custodia,
+// on a new etcd whose client it also returns.
+func custodiaStore(t *testing.T) (*clientv3.Client, *storage.Service) {
 	cli := testenv.Etcd(t)
 	ring, _ := overlay.NewKeyRing(newKeyT(t, "custodia"))
 	pstore, err := storage.New(overlay.New(etcddrv.New(cli, "/custodia/secrets/"), ring, overlay.Pinning),
@@ -193,7 +194,13 @@ func TestCustodiaSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pstore.Close()
+	t.Cleanup(func() { pstore.Close() })
+	return cli, pstore
+}
+
+func TestCustodiaSource(t *testing.T) {
+	ctx := context.Background()
+	cli, pstore := custodiaStore(t)
 	sock, id, key := startProxy(t, pstore)
 	c, err := client.New(client.Config{Socket: sock, ID: id, Key: key})
 	if err != nil {
@@ -243,14 +250,7 @@ func TestCustodiaSource(t *testing.T) {
 // its 401 says which headers it wants.
 func TestCustodiaSourceHeaderNames(t *testing.T) {
 	ctx := context.Background()
-	cli := testenv.Etcd(t)
-	ring, _ := overlay.NewKeyRing(newKeyT(t, "custodia"))
-	pstore, err := storage.New(overlay.New(etcddrv.New(cli, "/custodia/secrets/"), ring, overlay.Pinning),
-		etcddrv.New(cli, "/custodia/state/"), storage.Options{Registry: proxy.Registry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pstore.Close()
+	_, pstore := custodiaStore(t)
 	srv := proxytest.Start(t, pstore, "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}},
 		func(o *proxy.Options) { o.IDHeader, o.KeyHeader = "CUSTODIA_AUTH_ID", "CUSTODIA_KEY_ID" })
 	c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: srv.Key, KeyHeader: "CUSTODIA_KEY_ID"})

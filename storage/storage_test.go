@@ -172,20 +172,27 @@ func TestErrorCodes(t *testing.T) {
 	t.Logf("user sees: %v", err)
 }
 
-// TestUnreachableEtcd: a Service whose etcd is gone fails within its
-// timeout with code Unavailable and a message saying where it looked.
-func TestUnreachableEtcd(t *testing.T) {
+// unreachableEtcd is a Service (timeout 500ms) whose state lives in an
+// etcd nobody answers for.
+func unreachableEtcd(t *testing.T) *storage.Service {
 	client, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:1"}, DialTimeout: time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
+	t.Cleanup(func() { client.Close() })
 	svc, err := storage.New(memory.New(), etcd.New(client, "/s/"), storage.Options{Timeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return svc
+}
+
+// TestUnreachableEtcd: a Service whose etcd is gone fails within its
+// timeout with code Unavailable and a message saying where it looked.
+func TestUnreachableEtcd(t *testing.T) {
+	svc := unreachableEtcd(t)
 	start := time.Now()
-	_, err = svc.Get(context.Background(), &secrets.RunnerRecord{ID: "r1"})
+	_, err := svc.Get(context.Background(), &secrets.RunnerRecord{ID: "r1"})
 	if storage.Code(err) != driver.Unavailable || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("got %v (code %v)", err, storage.Code(err))
 	}
@@ -199,19 +206,11 @@ func TestUnreachableEtcd(t *testing.T) {
 // within the service's timeout (etcd's client would wait for the cluster
 // forever), with code Unavailable.
 func TestWatchUnreachableEtcd(t *testing.T) {
-	client, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:1"}, DialTimeout: time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	svc, err := storage.New(memory.New(), etcd.New(client, "/s/"), storage.Options{Timeout: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := unreachableEtcd(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // the bug's bound, not the fix's
 	defer cancel()
 	start := time.Now()
-	_, err = svc.Watch(ctx, secrets.KindRunnerRecord, "")
+	_, err := svc.Watch(ctx, secrets.KindRunnerRecord, "")
 	if storage.Code(err) != driver.Unavailable || ctx.Err() != nil {
 		t.Fatalf("got %v (code %v)", err, storage.Code(err))
 	}
