@@ -179,6 +179,9 @@ type request struct {
 	verb   string
 	start  time.Time
 	logged bool
+	// mayBeApplied: a backend write failed in a way that may still have
+	// made it (so no NotAppliedHeader, whatever else fails).
+	mayBeApplied bool
 }
 
 type apiError struct {
@@ -233,10 +236,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !errors.As(err, &ae) {
 			ae = s.backendError(err)
 		}
-		if ae.status == http.StatusTooManyRequests || ae.status == http.StatusServiceUnavailable {
-			if !errors.As(err, new(mayBeApplied)) {
-				w.Header().Set(NotAppliedHeader, "1")
-			}
+		q.mayBeApplied = errors.As(err, new(mayBeApplied))
+		if (ae.status == http.StatusTooManyRequests || ae.status == http.StatusServiceUnavailable) && !q.mayBeApplied {
+			w.Header().Set(NotAppliedHeader, "1")
 		}
 		s.respond(q, ae.status, ae.msg, func() { writeJSON(w, ae.status, map[string]string{"error": ae.msg}) })
 	}
@@ -483,9 +485,12 @@ func (s *Server) respond(q *request, status int, reason string, write func()) er
 		// than that nothing happened.
 		applied := status < 400 && (q.verb == "put" || q.verb == "create" || q.verb == "delete")
 		msg := "audit log unavailable; the request was not served"
-		if applied {
+		switch {
+		case applied:
 			msg = "audit log unavailable; the change was made but is not confirmed: read it back before repeating it"
-		} else {
+		case q.mayBeApplied:
+			msg = "audit log unavailable, and the change may or may not have been made: read it back before repeating it"
+		default:
 			q.w.Header().Set(NotAppliedHeader, "1")
 		}
 		status = http.StatusServiceUnavailable
