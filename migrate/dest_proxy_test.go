@@ -2,9 +2,12 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/sealrun/sealrun/internal/proxytest"
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/proxy"
 	"github.com/sealrun/sealrun/proxy/client"
@@ -57,5 +60,75 @@ func TestProxyDestination(t *testing.T) {
 	r := resultOf(rep, other.Kind(), other.Key())
 	if r.Planned != Update || r.Result != ResultFailed || !strings.Contains(r.Reason, "Custodia API cannot replace") {
 		t.Fatalf("update through proxy: %+v", r)
+	}
+}
+
+// unconfirmed is a proxy backend whose next raw write reports a timeout,
+// as etcd can, after committing (commit) or not: the proxy answers 503
+// "may or may not have been made".
+type unconfirmed struct {
+	proxy.Store
+	fail, commit atomic.Bool
+}
+
+func (s *unconfirmed) Put(ctx context.Context, m secrets.Model, o driver.PutOptions) (int64, error) {
+	if m.Kind() == secrets.KindRaw && s.fail.CompareAndSwap(true, false) {
+		if s.commit.Load() {
+			if _, err := s.Store.Put(ctx, m, o); err != nil {
+				return 0, err
+			}
+		}
+		return 0, &storage.Error{Op: "put", Kind: m.Kind(), Key: m.Key(), Code: driver.Unavailable, Err: context.DeadlineExceeded}
+	}
+	return s.Store.Put(ctx, m, o)
+}
+
+// A write through the proxy whose success was not confirmed is read back:
+// if the value is there the item is created; if it is not, or another
+// value is, the write fails and says so.
+func TestProxyDestinationUnconfirmedWrite(t *testing.T) {
+	cli := testenv.Etcd(t)
+	pstore, err := storage.New(overlay.New(etcddrv.New(cli, "/sealrun/secrets/"), mustRing(t, newKeyT(t, "p")), overlay.Pinning),
+		etcddrv.New(cli, "/sealrun/state/"), storage.Options{Registry: proxy.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pstore.Close()
+	store := &unconfirmed{Store: pstore}
+	srv := proxytest.Start(t, store, "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}})
+	c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: srv.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dst := &ProxyStore{Client: c, Reg: secrets.Default()}
+	ctx := context.Background()
+	put := func(name, v string) error {
+		_, err := dst.Put(ctx, &secrets.Raw{Name: name, Value: secrets.Secret(v)}, driver.PutOptions{IfAbsent: true})
+		return err
+	}
+
+	store.fail.Store(true)
+	store.commit.Store(true)
+	if err := put("app/db-password", "unconfirmed-but-written"); err != nil {
+		t.Fatalf("put whose write committed but was not confirmed: %v", err)
+	}
+	if store.fail.Load() {
+		t.Fatal("the backend's failure was not exercised")
+	}
+
+	store.fail.Store(true)
+	store.commit.Store(false)
+	if err := put("app/lost", "never-written"); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("put whose write was lost: %v, want ErrUnavailable", err)
+	}
+
+	if err := put("app/other", "first"); err != nil {
+		t.Fatal(err)
+	}
+	store.fail.Store(true)
+	store.commit.Store(false)
+	if err := put("app/other", "second"); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("unconfirmed put over another value: %v, want ErrUnavailable, not success", err)
 	}
 }
