@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/wait"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sealrun/sealrun/envelope"
@@ -360,12 +362,7 @@ func (r *Runner) reject(ctx context.Context, log *slog.Logger, queue string, d a
 func (r *Runner) transient(ctx context.Context, log *slog.Logger, d amqp.Delivery, suite string, err error) {
 	pause := r.gate.fail()
 	log.Warn("transient failure; pausing consumption and requeueing", "suite", suite, "error", err, "pause", pause)
-	t := time.NewTimer(pause)
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		t.Stop()
-	}
+	wait.Sleep(ctx, pause)
 	r.requeue(log, d, suite, outcomeRequeued, err)
 }
 

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/wait"
+
 	"github.com/sealrun/sealrun/envelope"
 )
 
@@ -217,23 +219,19 @@ func (r *Runner) discover(ctx context.Context) {
 	}
 	fails := 0
 	for {
-		wait := d.Interval
+		pause := d.Interval
 		if err := r.discoverOnce(ctx, hc, match); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			fails++
-			wait = min(backoff(fails, time.Second, d.Interval), d.Interval)
-			r.log.Warn("queue discovery failed; keeping the queues found so far", "error", err, "retry_in", wait)
+			pause = min(backoff(fails, time.Second, d.Interval), d.Interval)
+			r.log.Warn("queue discovery failed; keeping the queues found so far", "error", err, "retry_in", pause)
 		} else {
 			fails = 0
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, pause) {
 			return
-		case <-t.C:
 		}
 	}
 }

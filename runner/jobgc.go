@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/wait"
+
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -89,12 +91,8 @@ func (j *Jobs) Collect(ctx context.Context, before time.Time) (int, error) {
 func (r *Runner) collectJobs(ctx context.Context) {
 	for {
 		d := jobGCInterval/2 + rand.N(jobGCInterval)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, d) {
 			return
-		case <-t.C:
 		}
 		start := time.Now()
 		n, err := r.jobs.Collect(ctx, start.Add(-r.cfg.JobRetention))

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/wait"
+
 	"github.com/sealrun/sealrun/envelope"
 	"github.com/sealrun/sealrun/storage"
 )
@@ -291,12 +293,8 @@ func (g *gate) wait(ctx context.Context) error {
 		if d <= 0 {
 			return nil
 		}
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, d) {
 			return ctx.Err()
-		case <-t.C:
 		}
 	}
 }

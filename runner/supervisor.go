@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/wait"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -39,12 +41,8 @@ func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup
 		fails++
 		d := backoff(fails, r.cfg.AMQP.ReconnectMin, r.cfg.AMQP.ReconnectMax)
 		r.log.Warn("broker session ended; reconnecting", "error", err, "attempt", fails, "retry_in", d)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, d) {
 			return
-		case <-t.C:
 		}
 	}
 }

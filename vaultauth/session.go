@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/wait"
+
 	"github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -119,7 +121,7 @@ func (s *Session) run(ctx context.Context, secret *api.Secret) {
 			return
 		}
 		// Never log in twice within MinBackoff, whatever the token's TTL.
-		if !sleep(ctx, time.Until(lastLogin.Add(s.opts.MinBackoff))) {
+		if !wait.Sleep(ctx, time.Until(lastLogin.Add(s.opts.MinBackoff))) {
 			return
 		}
 		if secret = s.relogin(ctx); secret == nil {
@@ -140,7 +142,7 @@ func (s *Session) keepAlive(ctx context.Context, secret *api.Secret) {
 		// Replace it with a third of its life left, jittered so a fleet
 		// does not log in in step.
 		ttl := time.Duration(a.LeaseDuration) * time.Second
-		sleep(ctx, jitter(ttl*2/3, ttl/10))
+		wait.Sleep(ctx, jitter(ttl*2/3, ttl/10))
 		return
 	}
 	w, err := s.client.NewLifetimeWatcher(&api.LifetimeWatcherInput{
@@ -191,7 +193,7 @@ func (s *Session) keepAlive(ctx context.Context, secret *api.Secret) {
 // after each failure: a Vault outage longer than the token's TTL ends in one
 // fresh login once Vault is back. It returns nil when ctx ends.
 func (s *Session) relogin(ctx context.Context) *api.Secret {
-	wait := s.opts.MinBackoff
+	backoff := s.opts.MinBackoff
 	for {
 		secret, err := s.login(ctx, false)
 		if err == nil {
@@ -200,12 +202,12 @@ func (s *Session) relogin(ctx context.Context) *api.Secret {
 		if ctx.Err() != nil {
 			return nil
 		}
-		d := jitter(wait, wait/2)
+		d := jitter(backoff, backoff/2)
 		s.log.Warn("vault: login failed; retrying", "err", err, "in", d.Round(time.Millisecond))
-		if !sleep(ctx, d) {
+		if !wait.Sleep(ctx, d) {
 			return nil
 		}
-		wait = min(2*wait, s.opts.MaxBackoff)
+		backoff = min(2*backoff, s.opts.MaxBackoff)
 	}
 }
 
@@ -215,21 +217,6 @@ func jitter(d, spread time.Duration) time.Duration {
 		return d
 	}
 	return d - rand.N(spread)
-}
-
-// sleep waits d or until ctx ends, reporting whether d elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // Connect is NewClient, NewMethod and Start in one: a client logged in per
