@@ -319,41 +319,28 @@ func TestRotateSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	reader := overlay.New(etcddrv.New(cli, crashSecrets), both, overlay.Pinning)
-	rctx, stop := context.WithCancel(ctx)
-	var reads, failures atomic.Int64
-	var wg sync.WaitGroup
-	for w := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w * (n / 3); rctx.Err() == nil; i = (i + 13) % n {
-				e, err := reader.Get(rctx, fmt.Sprintf("r/%05d", i))
-				if rctx.Err() != nil {
-					return
-				}
-				if err != nil || string(e.Value) != value(i) {
-					failures.Add(1)
-				}
-				reads.Add(1)
-			}
-		}()
-	}
-	defer func() { stop(); wg.Wait() }()
+	stop := readConcurrently(ctx, 3, n, 13, func(ctx context.Context, i int) error {
+		e, err := reader.Get(ctx, fmt.Sprintf("r/%05d", i))
+		if err == nil && string(e.Value) != value(i) {
+			err = fmt.Errorf("record %d: wrong value", i)
+		}
+		return err
+	})
+	defer stop()
 
 	report := filepath.Join(t.TempDir(), "rotate.json")
 	endpoint := cli.Endpoints()[0]
 	var rep RotateReport
 	crashRounds(t, "rotate", endpoint, keyEnv, report, rnd, n, rounds, nil, &rep)
-	stop()
-	wg.Wait()
-	if failures.Load() != 0 || reads.Load() == 0 {
-		t.Fatalf("%d of %d concurrent reads failed during the killed rotations", failures.Load(), reads.Load())
+	reads, failures := stop()
+	if failures != 0 || reads == 0 {
+		t.Fatalf("%d of %d concurrent reads failed during the killed rotations", failures, reads)
 	}
 	if rep.Total != n || len(rep.Failed) != 0 || rep.Gone != 0 || rep.Resealed+rep.AlreadyCurrent != n ||
 		rep.Referenced["new"] != n || len(rep.Referenced) != 1 {
 		t.Fatalf("final report: %+v", rep)
 	}
-	t.Logf("final run: %d resealed, %d already current; %d concurrent reads, 0 failed", rep.Resealed, rep.AlreadyCurrent, reads.Load())
+	t.Logf("final run: %d resealed, %d already current; %d concurrent reads, 0 failed", rep.Resealed, rep.AlreadyCurrent, reads)
 	// The old key is retired: the new one alone opens every record, unchanged.
 	newRing, err := overlay.NewKeyRing(keys[0])
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,4 +215,35 @@ func resultOf(r *Report, kind, key string) ItemResult {
 		}
 	}
 	return ItemResult{Result: "absent"}
+}
+
+// readConcurrently runs workers goroutines reading records 0..n-1 (each
+// from its own start, stepping by step) with read until the returned stop
+// is called; stop waits for them and says how many reads ran and failed.
+// Errors after stop are not failures.
+func readConcurrently(ctx context.Context, workers, n, step int, read func(ctx context.Context, i int) error) (stop func() (reads, failures int64)) {
+	rctx, cancel := context.WithCancel(ctx)
+	var reads, failures atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w * (n / workers); rctx.Err() == nil; i = (i + step) % n {
+				err := read(rctx, i)
+				if rctx.Err() != nil {
+					return
+				}
+				if err != nil {
+					failures.Add(1)
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	var once sync.Once
+	return func() (int64, int64) {
+		once.Do(func() { cancel(); wg.Wait() })
+		return reads.Load(), failures.Load()
+	}
 }

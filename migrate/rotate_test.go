@@ -56,30 +56,25 @@ func TestRotateMasterKey(t *testing.T) {
 	// Processes that reloaded their config: the new key is current, the old
 	// ones still open. Readers and a writer run during the whole rotation.
 	after := destOn(t, cli, "/sealrun/secrets/", "/sealrun/state/2/", newKey, oldKey, legacyRaw)
-	rctx, stop := context.WithCancel(ctx)
-	var reads, failures atomic.Int64
+	stop := readConcurrently(ctx, 3, n, 7, func(ctx context.Context, i int) error {
+		m := &secrets.Raw{Name: fmt.Sprintf("r/%04d", i)}
+		if _, err := after.Get(ctx, m); err != nil {
+			return err
+		}
+		if v := string(m.Value); v != fmt.Sprintf("value-%04d", i) && v != "rewritten" {
+			return fmt.Errorf("record %d: wrong value", i)
+		}
+		return nil
+	})
+	rctx, stopWriter := context.WithCancel(ctx)
+	var writeFailures atomic.Int64
 	var wg sync.WaitGroup
-	for w := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; rctx.Err() == nil; i = (i + 7) % n {
-				m := &secrets.Raw{Name: fmt.Sprintf("r/%04d", i)}
-				if _, err := after.Get(rctx, m); err != nil && rctx.Err() == nil {
-					failures.Add(1)
-				} else if err == nil && string(m.Value) != fmt.Sprintf("value-%04d", i) && string(m.Value) != "rewritten" {
-					failures.Add(1)
-				}
-				reads.Add(1)
-			}
-		}()
-	}
 	wg.Add(1)
 	go func() { // a concurrent writer: its writes must survive the rotation
 		defer wg.Done()
 		for i := 0; rctx.Err() == nil && i < n; i += 10 {
 			if _, err := after.Put(rctx, &secrets.Raw{Name: fmt.Sprintf("r/%04d", i), Value: []byte("rewritten")}, driver.PutOptions{}); err != nil && rctx.Err() == nil {
-				failures.Add(1)
+				writeFailures.Add(1)
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -97,18 +92,20 @@ func TestRotateMasterKey(t *testing.T) {
 	}
 	rep, err := Reencrypt(ctx, under, after.ring, overlay.Pinning, RotateOptions{BatchSize: 50, Progress: progress})
 	time.Sleep(50 * time.Millisecond)
-	stop()
+	reads, readFailures := stop()
+	stopWriter()
 	wg.Wait()
+	failures := readFailures + writeFailures.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if failures.Load() != 0 || reads.Load() == 0 {
-		t.Fatalf("%d of %d reads/writes failed during rotation", failures.Load(), reads.Load())
+	if failures != 0 || reads == 0 {
+		t.Fatalf("%d of %d reads/writes failed during rotation", failures, reads)
 	}
 	if rep.Total != n+1 || len(rep.Failed) != 0 || rep.Referenced["new"] != n+1 || len(rep.Referenced) != 1 || batches != 7 || last != n+1 {
 		t.Fatalf("report %+v, %d batches, progress %d", rep, batches, last)
 	}
-	t.Logf("rotated %d records (%d resealed, %d already current) with %d concurrent reads", rep.Total, rep.Resealed, rep.AlreadyCurrent, reads.Load())
+	t.Logf("rotated %d records (%d resealed, %d already current) with %d concurrent reads", rep.Total, rep.Resealed, rep.AlreadyCurrent, reads)
 
 	// Raw etcd: every value names the new kid.
 	resp, err := cli.Get(ctx, "/sealrun/secrets/", clientv3.WithPrefix())
