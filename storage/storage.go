@@ -303,12 +303,9 @@ func (s *Service) GetBatch(ctx context.Context, ms []secrets.Model) ([]int64, er
 			if e.Revision == 0 {
 				continue
 			}
-			key := ms[i].Key()
-			if err := json.Unmarshal(e.Value, ms[i]); err != nil {
-				return fmt.Errorf("decode stored value of %s/%s: %w: %w", ms[i].Kind(), key, err, driver.ErrIntegrity)
-			}
-			if ms[i].Key() != key {
-				return fmt.Errorf("stored value of %s/%s claims key %q: %w", ms[i].Kind(), key, ms[i].Key(), driver.ErrIntegrity)
+			kind, key := ms[i].Kind(), ms[i].Key()
+			if err := decode(ms[i], e.Value); err != nil {
+				return fmt.Errorf("%s/%s: %w", kind, key, err)
 			}
 			revs[i] = e.Revision
 		}
@@ -334,16 +331,23 @@ func (s *Service) Get(ctx context.Context, m secrets.Model) (int64, error) {
 			return err
 		}
 		rev = e.Revision
-		if err := json.Unmarshal(e.Value, m); err != nil {
-			// json errors name types and offsets, not values.
-			return fmt.Errorf("decode stored value: %w: %w", err, driver.ErrIntegrity)
-		}
-		if m.Key() != key {
-			return fmt.Errorf("stored value claims key %q: %w", m.Key(), driver.ErrIntegrity)
-		}
-		return nil
+		return decode(m, e.Value)
 	})
 	return rev, err
+}
+
+// decode fills m, whose key is set, from its stored value, which must
+// carry the same key.
+func decode(m secrets.Model, value []byte) error {
+	key := m.Key()
+	if err := json.Unmarshal(value, m); err != nil {
+		// json errors name types and offsets, not values.
+		return fmt.Errorf("decode stored value: %w: %w", err, driver.ErrIntegrity)
+	}
+	if m.Key() != key {
+		return fmt.Errorf("stored value claims key %q: %w", m.Key(), driver.ErrIntegrity)
+	}
+	return nil
 }
 
 // Delete removes the model of kind with key.
@@ -379,10 +383,8 @@ func (s *Service) Watch(ctx context.Context, kind, prefix string) (<-chan driver
 	if err != nil {
 		return nil, &Error{Op: "watch", Kind: kind, Key: prefix, Code: driver.InvalidKey, Err: err}
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	in, err := d.Watch(driver.WithSetupTimeout(wctx, s.timeout), path.Join(kind, prefix))
+	in, err := d.Watch(driver.WithSetupTimeout(ctx, s.timeout), path.Join(kind, prefix))
 	if err != nil {
-		cancel()
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("the backend did not start the watch within %v (is it reachable?): %w", s.timeout, err)
 		}
@@ -391,7 +393,6 @@ func (s *Service) Watch(ctx context.Context, kind, prefix string) (<-chan driver
 	out := make(chan driver.Event)
 	go func() {
 		defer close(out)
-		defer cancel()
 		for e := range in {
 			if e.Key != "" {
 				e.Key = e.Key[len(kind)+1:]

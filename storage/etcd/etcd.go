@@ -61,14 +61,7 @@ func (d *Driver) Put(ctx context.Context, key string, value []byte, opts driver.
 	if err := driver.ValidateKey(key); err != nil {
 		return 0, err
 	}
-	var conds []clientv3.Cmp
-	if opts.IfAbsent {
-		conds = append(conds, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
-	}
-	if opts.IfRevision != 0 {
-		conds = append(conds, clientv3.Compare(clientv3.ModRevision(key), "=", opts.IfRevision))
-	}
-	resp, err := d.kv.Txn(ctx).If(conds...).Then(clientv3.OpPut(key, string(value))).Commit()
+	resp, err := d.kv.Txn(ctx).If(conds(nil, key, opts)...).Then(clientv3.OpPut(key, string(value))).Commit()
 	if err != nil {
 		return 0, d.wrap("put", key, err)
 	}
@@ -76,6 +69,18 @@ func (d *Driver) Put(ctx context.Context, key string, value []byte, opts driver.
 		return 0, fmt.Errorf("etcd put %q: %w", key, driver.ErrConflict)
 	}
 	return resp.Header.Revision, nil
+}
+
+// conds appends a put's conditions on key to cmps: absent is a
+// CreateRevision of 0, a revision is the ModRevision.
+func conds(cmps []clientv3.Cmp, key string, opts driver.PutOptions) []clientv3.Cmp {
+	if opts.IfAbsent {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+	}
+	if opts.IfRevision != 0 {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", opts.IfRevision))
+	}
+	return cmps
 }
 
 // PutBatch implements driver.Batcher: one transaction whose If holds every
@@ -89,19 +94,14 @@ func (d *Driver) PutBatch(ctx context.Context, puts []driver.BatchPut) ([]int64,
 	if len(puts) == 0 {
 		return nil, nil
 	}
-	var conds []clientv3.Cmp
+	var cmps []clientv3.Cmp
 	ops := make([]clientv3.Op, len(puts))
 	for i, p := range puts {
-		if p.Opts.IfAbsent {
-			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(p.Key), "=", 0))
-		}
-		if p.Opts.IfRevision != 0 {
-			conds = append(conds, clientv3.Compare(clientv3.ModRevision(p.Key), "=", p.Opts.IfRevision))
-		}
+		cmps = conds(cmps, p.Key, p.Opts)
 		ops[i] = clientv3.OpPut(p.Key, string(p.Value))
 	}
 	first := puts[0].Key
-	resp, err := d.kv.Txn(ctx).If(conds...).Then(ops...).Commit()
+	resp, err := d.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		return nil, d.wrap(fmt.Sprintf("put batch of %d from", len(puts)), first, err)
 	}

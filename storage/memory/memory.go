@@ -67,17 +67,25 @@ func (d *Driver) Put(ctx context.Context, key string, value []byte, opts driver.
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	cur, exists := d.data[key]
-	if opts.IfAbsent && exists {
-		return 0, fmt.Errorf("create %q: already exists: %w", key, driver.ErrConflict)
-	}
-	if opts.IfRevision != 0 && cur.Revision != opts.IfRevision {
-		return 0, fmt.Errorf("put %q: revision is %d, want %d: %w", key, cur.Revision, opts.IfRevision, driver.ErrConflict)
+	if err := d.precond(key, opts); err != nil {
+		return 0, err
 	}
 	d.rev++
 	d.data[key] = driver.Entry{Key: key, Value: append([]byte(nil), value...), Revision: d.rev}
 	d.notify(driver.Event{Type: driver.EventPut, Key: key, Revision: d.rev})
 	return d.rev, nil
+}
+
+// precond checks a put's conditions on key; d.mu is held.
+func (d *Driver) precond(key string, opts driver.PutOptions) error {
+	cur, exists := d.data[key]
+	if opts.IfAbsent && exists {
+		return fmt.Errorf("create %q: already exists: %w", key, driver.ErrConflict)
+	}
+	if opts.IfRevision != 0 && cur.Revision != opts.IfRevision {
+		return fmt.Errorf("put %q: revision is %d, want %d: %w", key, cur.Revision, opts.IfRevision, driver.ErrConflict)
+	}
+	return nil
 }
 
 // PutBatch implements driver.Batcher. Like etcd, the whole batch is one
@@ -95,12 +103,8 @@ func (d *Driver) PutBatch(ctx context.Context, puts []driver.BatchPut) ([]int64,
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, p := range puts {
-		cur, exists := d.data[p.Key]
-		if p.Opts.IfAbsent && exists {
-			return nil, fmt.Errorf("put batch: create %q: already exists, nothing written: %w", p.Key, driver.ErrConflict)
-		}
-		if p.Opts.IfRevision != 0 && cur.Revision != p.Opts.IfRevision {
-			return nil, fmt.Errorf("put batch: %q: revision is %d, want %d, nothing written: %w", p.Key, cur.Revision, p.Opts.IfRevision, driver.ErrConflict)
+		if err := d.precond(p.Key, p.Opts); err != nil {
+			return nil, fmt.Errorf("put batch, nothing written: %w", err)
 		}
 	}
 	d.rev++
