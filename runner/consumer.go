@@ -117,7 +117,7 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 			return
 		}
 		r.m.job.Observe(res.Duration.Seconds())
-		if err := r.durably(ctx, log, "record the job finished", c.Finish, res); err != nil {
+		if err := r.durably(ctx, log, "record the job finished", func(ctx context.Context) error { return c.Finish(ctx, res) }); err != nil {
 			r.lost(ctx, log, d, suite, c, err)
 			return
 		}
@@ -127,9 +127,7 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 		r.lost(ctx, log, d, suite, c, err)
 		return
 	}
-	if err := r.durably(ctx, log, "record the response", func(ctx context.Context, _ *Result) error {
-		return c.Responded(ctx, respID)
-	}, nil); err != nil {
+	if err := r.durably(ctx, log, "record the response", func(ctx context.Context) error { return c.Responded(ctx, respID) }); err != nil {
 		r.lost(ctx, log, d, suite, c, err)
 		return
 	}
@@ -159,8 +157,11 @@ func (r *Runner) claim(ctx context.Context, log *slog.Logger, queue, id string, 
 		// A copy of a message this process runs waits for that run.
 		done, first := r.inflight.enter(id)
 		if first {
+			// A redelivered copy usually has a record already: read it
+			// first, rather than fail a create that would fail the whole
+			// group-committed batch it lands in.
 			take := r.jobs.Claim
-			if waiting {
+			if waiting || d.Redelivered {
 				take = r.jobs.Reclaim
 			}
 			cl, c, err := take(ctx, queue, id, time.Now().UTC())
@@ -276,11 +277,11 @@ func (s *settleOnce) Reject(tag uint64, requeue bool) error {
 // durably retries a JobRecord write until it succeeds, the claim is lost,
 // or shutdown ends the job (ctx) and finishTimeout has passed: giving up
 // early would leave a run that happened looking unfinished.
-func (r *Runner) durably(ctx context.Context, log *slog.Logger, what string, write func(context.Context, *Result) error, res *Result) error {
+func (r *Runner) durably(ctx context.Context, log *slog.Logger, what string, write func(context.Context) error) error {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
-		err := write(wctx, res)
+		err := write(wctx)
 		cancel()
 		if err == nil || errors.Is(err, errClaimLost) {
 			return err
@@ -407,12 +408,22 @@ func suiteLabel(o *envelope.Opened, body []byte) string {
 
 var safeID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
+// hpkeMessageID is the JobRecord id of an HPKE message with header id id.
+func hpkeMessageID(id string) (string, bool) {
+	if !safeID.MatchString(id) {
+		return "", false
+	}
+	return "hpke-" + id, true
+}
+
 // messageID names a message for JobRecords: the HPKE header id (signed), or
 // the AMQP message id, or the SHA-256 of the body. StudioML bodies carry a
 // fresh random key, so equal bodies are the same message.
 func messageID(o *envelope.Opened, d *amqp.Delivery) string {
-	if o.HPKE != nil && safeID.MatchString(o.HPKE.ID) {
-		return "hpke-" + o.HPKE.ID
+	if o.HPKE != nil {
+		if id, ok := hpkeMessageID(o.HPKE.ID); ok {
+			return id
+		}
 	}
 	if safeID.MatchString(d.MessageId) {
 		return "amqp-" + d.MessageId

@@ -225,7 +225,7 @@ func (r *Runner) discover(ctx context.Context) {
 				return
 			}
 			fails++
-			pause = min(backoff(fails, time.Second, d.Interval), d.Interval)
+			pause = backoff(fails, time.Second, d.Interval)
 			r.log.Warn("queue discovery failed; keeping the queues found so far", "error", err, "retry_in", pause)
 		} else {
 			fails = 0

@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -51,19 +50,8 @@ func (j *Jobs) Collect(ctx context.Context, before time.Time) (int, error) {
 		for i, k := range chunk {
 			recs[i] = &secrets.JobRecord{MessageID: k}
 		}
+		// Every state backend (etcd, memory) reads batches.
 		revs, err := j.Store.GetBatch(ctx, recs)
-		if errors.Is(err, storage.ErrBatchUnsupported) {
-			revs, err = make([]int64, n), nil
-			for i, m := range recs {
-				if revs[i], err = j.Store.Get(ctx, m); err != nil {
-					if storage.Code(err) == driver.NotFound {
-						revs[i], err = 0, nil
-						continue
-					}
-					break
-				}
-			}
-		}
 		if err != nil {
 			return deleted, fmt.Errorf("read job records: %w", err)
 		}

@@ -303,10 +303,11 @@ func (j *Jobs) Rejected(ctx context.Context, body []byte) (string, error) {
 // too old, which can dead-letter the copy of a job that still runs and
 // answers, but never runs a replay.
 func (r *Runner) claimed(ctx context.Context, id string) bool {
-	if !safeID.MatchString(id) {
+	mid, ok := hpkeMessageID(id)
+	if !ok {
 		return false
 	}
-	rec := secrets.JobRecord{MessageID: "hpke-" + id}
+	rec := secrets.JobRecord{MessageID: mid}
 	if _, err := r.store.Get(ctx, &rec); err != nil {
 		return false
 	}
