@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 
+	"golang.org/x/net/http/httpguts"
+
 	"gopkg.in/yaml.v3"
 
 	"github.com/sealrun/sealrun/internal/credpath"
@@ -128,6 +130,11 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 			credpath.Field{Name: "listen.tcp.key_file", Path: &t.KeyFile},
 			credpath.Field{Name: "listen.tcp.client_ca_file", Path: &t.ClientCAFile}); err != nil {
 			return nil, err
+		}
+	}
+	for name, h := range map[string]string{"auth.id_header": c.Auth.IDHeader, "auth.key_header": c.Auth.KeyHeader} {
+		if h != "" && !httpguts.ValidHeaderFieldName(h) {
+			return nil, fmt.Errorf("%s %q is not a valid HTTP header name", name, h)
 		}
 	}
 	if c.Cache == nil {

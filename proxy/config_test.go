@@ -64,6 +64,7 @@ storage:
 		{"bad mode", "cache: {values: maybe, entries: 5}\n" + overlayStorage, 0, "cache.values"},
 		{"negative", "cache: {values: auto, entries: -1}\n" + overlayStorage, 0, "cache.entries"},
 		{"negative bytes", "cache: {values: auto, bytes: -1}\n" + overlayStorage, 0, "cache.bytes"},
+		{"bad header name", "auth: {key_header: \"X Key\"}\n" + overlayStorage, 0, "auth.key_header"},
 		{"unknown field", "cache: {values: auto, entries: 5, ttl: 3s}\n" + overlayStorage, 0, "ttl"},
 	} {
 		cfg, err := DecodeConfig(strings.NewReader(c.yaml))

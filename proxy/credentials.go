@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -45,6 +46,7 @@ type Credentials struct {
 	// the client's choice. Past it they are not remembered (the failure
 	// limiter slows whoever sends them).
 	maxUnknown int
+	log        *slog.Logger // the Server's, once one uses these credentials
 }
 
 type cachedCred struct {
@@ -56,7 +58,8 @@ type cachedCred struct {
 func NewCredentials(store Store) *Credentials {
 	// The TTL only bounds how long an entry lives if the watch silently
 	// stalls; revocations normally arrive through the watch at once.
-	return &Credentials{store: store, cache: map[string]cachedCred{}, ttl: 30 * time.Second, now: time.Now, maxUnknown: 10000}
+	return &Credentials{store: store, cache: map[string]cachedCred{}, ttl: 30 * time.Second, now: time.Now, maxUnknown: 10000,
+		log: slog.New(slog.DiscardHandler)}
 }
 
 // loadPepper reads, or on first use creates, the HMAC key. Concurrent
@@ -221,28 +224,7 @@ func (c *Credentials) Authenticate(ctx context.Context, id, key string) (*secret
 // backend, and the watch is re-established with backoff, so a missed
 // revocation cannot linger.
 func (c *Credentials) WatchRevocations(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		ch, err := c.store.Watch(ctx, secrets.KindAPICredential, "")
-		if err == nil {
-			// Changes after Watch returned are delivered; anything cached
-			// before may predate one, hence the flush.
-			c.setLive(true)
-			backoff = 100 * time.Millisecond
-			for ev := range ch {
-				if ev.Err != nil {
-					break
-				}
-				c.invalidate(ev.Key)
-			}
-		}
-		c.setLive(false)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
+	followWatch(ctx, c.store, secrets.KindAPICredential, c.log.With("cache", "credentials"), c.setLive, c.invalidate)
 }
 
 func grantOf(m *secrets.APICredential) Grant { return Grant{Paths: m.Prefixes, Verbs: m.Verbs} }

@@ -228,7 +228,7 @@ func TestActivatedListeners(t *testing.T) {
 	}
 
 	u, l := listen()
-	if _, err := (&Config{}).activated([]net.Listener{u, l}); err == nil || !strings.Contains(err.Error(), "listen.tcp") {
+	if _, err := (&Config{}).withTCP([]net.Listener{u, l}); err == nil || !strings.Contains(err.Error(), "listen.tcp") {
 		t.Fatalf("a passed TCP socket without listen.tcp: %v, want an error naming listen.tcp", err)
 	}
 	if _, err := l.Accept(); err == nil {
@@ -236,7 +236,7 @@ func TestActivatedListeners(t *testing.T) {
 	}
 
 	u, l = listen()
-	ls, err := (&Config{Listen: Listen{TCP: tcpConf}}).activated([]net.Listener{u, l})
+	ls, err := (&Config{Listen: Listen{TCP: tcpConf}}).withTCP([]net.Listener{u, l})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +266,7 @@ func TestActivatedListeners(t *testing.T) {
 	}
 
 	u, _ = listen()
-	ls, err = (&Config{Listen: Listen{TCP: tcpConf}}).activated([]net.Listener{u})
+	ls, err = (&Config{Listen: Listen{TCP: tcpConf}}).withTCP([]net.Listener{u})
 	if err != nil {
 		t.Fatal(err)
 	}

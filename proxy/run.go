@@ -102,41 +102,28 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket str
 }
 
 // listeners returns the API listeners: systemd-activated sockets when
-// LISTEN_FDS is set, else the configured unix socket and optional TLS port.
+// LISTEN_FDS is set, else the configured unix socket; then the TLS port.
 func (c *Config) listeners() ([]net.Listener, error) {
-	if ls, err := activation.Listeners(); err == nil && len(ls) > 0 {
-		return c.activated(ls)
-	}
-	mode, err := c.SocketMode()
-	if err != nil {
-		return nil, err
-	}
-	unix, err := ListenUnix(c.Listen.Socket, mode, c.Listen.SocketGroup)
-	if err != nil {
-		return nil, err
-	}
-	out := []net.Listener{unix}
-	if t := c.Listen.TCP; t != nil {
-		cfg, err := serverTLS(t)
+	ls, err := activation.Listeners()
+	if err != nil || len(ls) == 0 {
+		mode, err := c.SocketMode()
 		if err != nil {
-			unix.Close()
 			return nil, err
 		}
-		ln, err := tls.Listen("tcp", t.Address, cfg)
+		unix, err := ListenUnix(c.Listen.Socket, mode, c.Listen.SocketGroup)
 		if err != nil {
-			unix.Close()
 			return nil, err
 		}
-		out = append(out, ln)
+		ls = []net.Listener{unix}
 	}
-	return out, nil
+	return c.withTCP(ls)
 }
 
-// activated serves systemd's sockets as the config would its own: a TCP
-// socket only with listen.tcp's TLS and client certificates (never plain
-// HTTP), and listen.tcp on its own port when systemd passed no TCP socket,
-// rather than dropping it silently.
-func (c *Config) activated(ls []net.Listener) ([]net.Listener, error) {
+// withTCP completes the unix listeners in ls (systemd's or our own) with
+// listen.tcp: a TCP socket systemd passed is served only with its TLS and
+// client certificates (never plain HTTP), and without one listen.tcp gets
+// its own port rather than being dropped.
+func (c *Config) withTCP(ls []net.Listener) ([]net.Listener, error) {
 	closeAll := func() {
 		for _, l := range ls {
 			if l != nil {

@@ -20,11 +20,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/sealrun/sealrun/proxy/client"
+
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
 	"github.com/sealrun/sealrun/proxy/audit"
 	"github.com/sealrun/sealrun/secrets"
@@ -77,10 +77,9 @@ type Options struct {
 // Server serves the API. It is an http.Handler.
 type Server struct {
 	o        Options
-	limits   sync.Map     // credential id -> *rate.Limiter
-	failures sync.Map     // failKey -> *rate.Limiter
-	peerFail sync.Map     // peer -> *rate.Limiter, all ids together
-	nFail    atomic.Int64 // entries in failures
+	limits   *limiters // requests, by credential id
+	failures *limiters // failed authentications, by failKey
+	peerFail *limiters // failed authentications, by peer, all ids together
 	reqs     *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	// streams ends watch streams when an http.Server from HTTPServer shuts
@@ -131,7 +130,11 @@ func NewServer(o Options) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	o.Credentials.log = o.Logger // before WatchRevocations runs
 	s := &Server{o: o,
+		limits:   newLimiters(o.Rate, o.Burst, 0),
+		failures: newLimiters(o.AuthFailRate, o.AuthFailBurst, maxFailLimiters),
+		peerFail: newLimiters(10*o.AuthFailRate, 10*o.AuthFailBurst, 0),
 		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sealrun_proxy_requests_total",
 			Help: "Secrets proxy requests by verb and HTTP status."}, []string{"verb", "status"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sealrun_proxy_request_seconds",
@@ -195,11 +198,9 @@ func fail(status int, format string, a ...any) error {
 	return &apiError{status: status, msg: fmt.Sprintf(format, a...)}
 }
 
-// NotAppliedHeader on a 429 or 503 says the request changed nothing, so a
-// client may repeat a PUT, POST or DELETE. Without it a failed change may
-// have been made (the backend timed out after committing it) and must be
-// read back before it is repeated.
-const NotAppliedHeader = "Sealrun-Not-Applied"
+// NotAppliedHeader is the header by which the client learns a failed
+// request changed nothing (client.NotAppliedHeader).
+const NotAppliedHeader = client.NotAppliedHeader
 
 // mayBeApplied marks an error from a backend call that changes state: the
 // change may have been made even though the call failed.
@@ -255,7 +256,7 @@ func (s *Server) serve(q *request, escaped string) error {
 		return err
 	}
 	q.rec.Credential = cred.ID
-	if lim := s.limiter(cred.ID); !lim.Allow() {
+	if !s.limits.get(cred.ID).Allow() {
 		q.w.Header().Set("Retry-After", "1")
 		return fail(http.StatusTooManyRequests, "rate limit of %.0f requests/s for credential %s exceeded", s.o.Rate, cred.ID)
 	}
@@ -373,14 +374,14 @@ func (s *Server) authenticate(q *request) (*secrets.APICredential, error) {
 	id := q.r.Header.Get(s.o.IDHeader)
 	key := q.r.Header.Get(s.o.KeyHeader)
 	peer := peerKey(q.r)
-	idLim, peerLim := s.failLimiter(failKey{peer: peer, id: truncate(id, 128)}), s.peerFailLimiter(peer)
-	if idLim.Tokens() < 1 || peerLim.Tokens() < 1 {
+	fk := failKey{peer: peer, id: truncate(id, 128)}
+	if s.failures.exhausted(fk) || s.peerFail.exhausted(peer) {
 		q.w.Header().Set("Retry-After", "1")
 		return nil, fail(http.StatusTooManyRequests, "too many failed authentications from this peer; wait before retrying")
 	}
 	failed := func() {
-		idLim.Allow()
-		peerLim.Allow()
+		s.failures.get(fk).Allow()
+		s.peerFail.get(peer).Allow()
 	}
 	if id == "" || key == "" {
 		failed()
@@ -421,47 +422,13 @@ func peerKey(r *http.Request) string {
 	return "ip:" + host
 }
 
-func (s *Server) limiter(id string) *rate.Limiter {
-	if l, ok := s.limits.Load(id); ok {
-		return l.(*rate.Limiter)
-	}
-	l, _ := s.limits.LoadOrStore(id, rate.NewLimiter(rate.Limit(s.o.Rate), s.o.Burst))
-	return l.(*rate.Limiter)
-}
-
 // failKey is whom failed authentications are counted against.
 type failKey struct{ peer, id string }
 
-// maxFailLimiters bounds the failure limiters: claimed ids are the
-// client's choice, so past this many the map starts over rather than grow.
-// Starting over gives a guesser a few more tries per thousands of requests.
+// maxFailLimiters bounds the per-id failure buckets: claimed ids are the
+// client's choice. The per-peer buckets are few (uids, client addresses)
+// and never start over, which made-up ids could otherwise force.
 const maxFailLimiters = 4096
-
-func (s *Server) failLimiter(k failKey) *rate.Limiter {
-	if l, ok := s.failures.Load(k); ok {
-		return l.(*rate.Limiter)
-	}
-	if s.nFail.Load() >= maxFailLimiters {
-		s.failures.Clear()
-		s.nFail.Store(0)
-	}
-	l, loaded := s.failures.LoadOrStore(k, rate.NewLimiter(rate.Limit(s.o.AuthFailRate), s.o.AuthFailBurst))
-	if !loaded {
-		s.nFail.Add(1)
-	}
-	return l.(*rate.Limiter)
-}
-
-// peerFailLimiter counts failures from peer whatever the id. Peers are
-// uids and client addresses, so the map stays small; it is never cleared,
-// which made-up ids could otherwise force.
-func (s *Server) peerFailLimiter(peer string) *rate.Limiter {
-	if l, ok := s.peerFail.Load(peer); ok {
-		return l.(*rate.Limiter)
-	}
-	l, _ := s.peerFail.LoadOrStore(peer, rate.NewLimiter(rate.Limit(10*s.o.AuthFailRate), 10*s.o.AuthFailBurst))
-	return l.(*rate.Limiter)
-}
 
 // respond audits, then (only if the audit line is durable) writes.
 func (s *Server) respond(q *request, status int, reason string, write func()) error {

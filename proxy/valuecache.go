@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/wait"
 	"github.com/sealrun/sealrun/secrets"
 )
 
@@ -125,24 +128,26 @@ func (c *valueCache) invalidate(kind, key string) {
 // setLive flushes kind and records whether its watch is established.
 func (c *valueCache) setLive(kind string, live bool) {
 	c.mu.Lock()
-	c.flushLocked(kind)
+	c.flushLocked(kind, "")
 	c.live[kind] = live
 	c.mu.Unlock()
 }
 
-// flushKind drops every entry of kind. A client's watch stream starting
-// now may be ahead of the cache's own watch; without the flush, a value
-// changed just before the stream started could be served after its
-// "ready" and never be followed by an event.
-func (c *valueCache) flushKind(kind string) {
+// flushPrefix drops the entries of kind whose keys start with prefix ("":
+// all). A client's watch stream on prefix starting now may be ahead of the
+// cache's own watch; without the flush, a value below it changed just
+// before the stream started could be served after its "ready" and never be
+// followed by an event. Values outside the stream's prefix are not its
+// concern, and stay.
+func (c *valueCache) flushPrefix(kind, prefix string) {
 	c.mu.Lock()
-	c.flushLocked(kind)
+	c.flushLocked(kind, prefix)
 	c.mu.Unlock()
 }
 
-func (c *valueCache) flushLocked(kind string) {
+func (c *valueCache) flushLocked(kind, prefix string) {
 	for k := range c.entries {
-		if k.kind == kind {
+		if k.kind == kind && strings.HasPrefix(k.key, prefix) {
 			c.deleteLocked(k)
 		}
 	}
@@ -175,29 +180,34 @@ func (s *Server) WatchValues(ctx context.Context) {
 }
 
 func (s *Server) watchKind(ctx context.Context, kind string) {
+	followWatch(ctx, s.o.Store, kind, s.o.Logger.With("cache", "values", "kind", kind),
+		func(live bool) { s.values.setLive(kind, live) },
+		func(key string) { s.values.invalidate(kind, key) })
+}
+
+// followWatch keeps a watch on kind open until ctx ends, re-establishing it
+// with backoff: live(true) once it is established (everything cached
+// before may predate a change, so the cache flushes), invalidate for every
+// change, live(false) while it is down (the cache is not used).
+func followWatch(ctx context.Context, store Store, kind string, log *slog.Logger, live func(bool), invalidate func(key string)) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		ch, err := s.o.Store.Watch(ctx, kind, "")
+		ch, err := store.Watch(ctx, kind, "")
 		if err == nil {
-			// Every change after Watch returned is delivered; anything
-			// cached before may predate one, hence the flush.
-			s.values.setLive(kind, true)
+			live(true)
 			backoff = 100 * time.Millisecond
 			for ev := range ch {
 				if ev.Err != nil {
-					s.o.Logger.Warn("value cache watch failed; cache off for the kind until it is re-established", "kind", kind, "err", ev.Err)
+					log.Warn("cache watch failed; cache off until it is re-established", "err", ev.Err)
 					break
 				}
-				s.values.invalidate(kind, ev.Key)
+				invalidate(ev.Key)
 			}
 		} else if ctx.Err() == nil {
-			s.o.Logger.Warn("value cache watch could not start; retrying", "kind", kind, "err", err, "retry_in", backoff)
+			log.Warn("cache watch could not start; retrying", "err", err, "retry_in", backoff)
 		}
-		s.values.setLive(kind, false)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
+		live(false)
+		wait.Sleep(ctx, backoff)
 		backoff = min(backoff*2, 5*time.Second)
 	}
 }

@@ -366,7 +366,7 @@ func TestValueCacheBounded(t *testing.T) {
 		t.Fatalf("byte count %d after a replacement, entries sum to %d", b, want)
 	}
 	c.invalidate(secrets.KindRaw, key)
-	c.flushKind(secrets.KindRaw)
+	c.flushPrefix(secrets.KindRaw, "")
 	if n, b := c.size(); n != 0 || b != 0 {
 		t.Fatalf("after flush: %d entries, %d bytes; want 0, 0", n, b)
 	}
@@ -445,5 +445,21 @@ func TestCredentialCache(t *testing.T) {
 	})
 	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 401 {
 		t.Fatalf("revoked credential after re-watch: %d, want 401", code)
+	}
+}
+
+// A watch stream on one container flushes only that container's entries.
+func TestValueCacheFlushPrefix(t *testing.T) {
+	c := newValueCache(10, 1<<20)
+	c.setLive(secrets.KindRaw, true)
+	for _, k := range []string{"app/a", "app/b", "other/c"} {
+		_, gen, _ := c.get(secrets.KindRaw, k)
+		c.fill(secrets.KindRaw, k, value("v"), gen)
+	}
+	c.flushPrefix(secrets.KindRaw, "app")
+	for k, want := range map[string]bool{"app/a": false, "app/b": false, "other/c": true} {
+		if _, _, ok := c.get(secrets.KindRaw, k); ok != want {
+			t.Errorf("%s cached after flushing app: %v, want %v", k, ok, want)
+		}
 	}
 }

@@ -52,7 +52,7 @@ func (s *Server) watch(q *request, name string) error {
 	}
 	if s.values != nil {
 		// Reads after "ready" must be at least as new as this stream.
-		s.values.flushKind(kind)
+		s.values.flushPrefix(kind, prefix)
 	}
 	w := q.w
 	s.respond(q, http.StatusOK, "", func() {

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Typed errors for the statuses a caller decides on.
@@ -87,7 +89,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.KeyHeader = "CUSTODIA_AUTH_KEY"
 	}
 	for _, h := range []string{cfg.IDHeader, cfg.KeyHeader} {
-		if !validHeaderName(h) {
+		if !httpguts.ValidHeaderFieldName(h) {
 			return nil, fmt.Errorf("%q is not a valid HTTP header name for the API id or key", h)
 		}
 	}
@@ -134,17 +136,6 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.http = &http.Client{Transport: tr}
 	return c, nil
-}
-
-// validHeaderName says name is an HTTP token (RFC 9110), which a header name
-// must be.
-func validHeaderName(name string) bool {
-	for _, r := range name {
-		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, r) {
-			return false
-		}
-	}
-	return name != ""
 }
 
 // Close releases idle connections.
@@ -226,13 +217,15 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 	e := errorFor(resp.StatusCode, out)
 	// A change answered 503 may have been made (the proxy's backend timed
 	// out after committing it): repeated only if the proxy says it was not.
-	retry := errors.Is(e, ErrUnavailable) && (idempotent || resp.Header.Get(notAppliedHeader) == "1")
+	retry := errors.Is(e, ErrUnavailable) && (idempotent || resp.Header.Get(NotAppliedHeader) == "1")
 	return nil, retry, e
 }
 
-// notAppliedHeader is proxy.NotAppliedHeader (this package does not import
-// the server).
-const notAppliedHeader = "Sealrun-Not-Applied"
+// NotAppliedHeader on a 429 or 503 says the request changed nothing, so a
+// PUT, POST or DELETE may be repeated. Without it a failed change may have
+// been made (the backend timed out after committing it) and must be read
+// back before it is repeated.
+const NotAppliedHeader = "Sealrun-Not-Applied"
 
 // isDialError says the request never reached the server.
 func isDialError(err error) bool {
@@ -362,9 +355,6 @@ type Event struct {
 // Name is the event's path without the leading /secrets/.
 func (e Event) Name() string { return strings.TrimPrefix(e.Path, "/secrets/") }
 
-// errNotWatching is the cause of a watch given up before its ready event.
-var errNotWatching = errors.New("proxy not watching in time")
-
 // Watch streams changes below container until ctx ends or the stream breaks
 // (then the channel closes). It returns once the server is watching (ready
 // is then closed): values read after it are covered by the stream. A proxy
@@ -374,11 +364,11 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 	name := strings.Trim(container, "/")
 	// The stream lives as long as ctx, so the deadline for opening it is a
 	// timer that cancels it, stopped once ready arrives.
-	sctx, cancel := context.WithCancelCause(ctx)
-	timer := time.AfterFunc(c.cfg.Timeout, func() { cancel(errNotWatching) })
+	sctx, cancel := context.WithCancel(ctx)
+	timer := time.AfterFunc(c.cfg.Timeout, cancel)
 	fail := func(err error) (<-chan Event, <-chan struct{}, error) {
-		timedOut := !timer.Stop() || errors.Is(context.Cause(sctx), errNotWatching)
-		cancel(nil)
+		timedOut := !timer.Stop() // it fired: the deadline cancelled sctx
+		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
@@ -414,7 +404,7 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 	var ended string // the proxy's error event, read after done
 	go func() {
 		defer close(done)
-		defer cancel(nil)
+		defer cancel()
 		defer close(out)
 		defer resp.Body.Close()
 		sc := bufio.NewScanner(resp.Body)
