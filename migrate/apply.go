@@ -294,13 +294,14 @@ func (a *applier) stepBatch(ctx context.Context, steps []Step, idx []int) []Item
 	} else {
 		_, err = a.batch.PutBatch(ctx, items)
 	}
+	var verr []error // the batch's read-back, once made
 	if err != nil && ctx.Err() == nil && ambiguous(err) {
 		// The batch may have committed with its answer lost (a timeout,
 		// etcd restarting). It is atomic, so if every value reads back as
 		// ours, it did: retrying item by item would report our own writes
-		// as conflicts.
-		if committed(a.verifyBatch(ctx, steps, idx)) {
-			err = nil
+		// as conflicts. That read-back is also its verification.
+		if v := a.verifyBatch(ctx, steps, idx); committed(v) {
+			err, verr = nil, v
 		}
 	}
 	if err != nil {
@@ -330,7 +331,9 @@ func (a *applier) stepBatch(ctx context.Context, steps []Step, idx []int) []Item
 		}
 	}
 	if a.opts.Verify {
-		verr := a.verifyBatch(ctx, steps, idx)
+		if verr == nil {
+			verr = a.verifyBatch(ctx, steps, idx)
+		}
 		for j, i := range idx {
 			if verr[j] != nil {
 				res[j].Result, res[j].Failed, res[j].Reason = ResultFailed, true, verr[j].Error()
@@ -411,6 +414,12 @@ func (a *applier) step(ctx context.Context, s Step) ItemResult {
 	case Create, Update:
 		opts := driver.PutOptions{IfAbsent: s.Action == Create, IfRevision: s.rev}
 		_, err := a.dst.Put(ctx, s.Item.Model, opts)
+		if ambiguous(err) && a.verify(ctx, s) == nil {
+			// No answer, or an unconfirmed one (the backend timed out
+			// after committing): the read-back finds exactly our value,
+			// so this write made it, and the read-back verified it.
+			err, r.Verified = nil, true
+		}
 		if storage.Code(err) == driver.Conflict {
 			switch a.opts.OnConflict {
 			case OnConflictSkip:
@@ -429,7 +438,7 @@ func (a *applier) step(ctx context.Context, s Step) ItemResult {
 		if s.Action == Update {
 			r.Result = ResultUpdated
 		}
-		if a.opts.Verify {
+		if a.opts.Verify && !r.Verified {
 			if err := a.verify(ctx, s); err != nil {
 				return fail(ResultFailed, err)
 			}
