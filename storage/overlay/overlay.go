@@ -138,18 +138,25 @@ func (d *Driver) Get(ctx context.Context, key string) (driver.Entry, error) {
 	if err != nil {
 		return driver.Entry{}, err
 	}
-	plain, pinned, err := d.Open(key, string(e.Value))
+	e.Key = key // what the value must be pinned to, whatever the driver filled in
+	return d.openEntry(ctx, e)
+}
+
+// openEntry opens e read from the inner driver. In Migrate protection an
+// unpinned value is rewritten with a pin, as Custodia's migrate mode does:
+// by CAS on the revision read, so a concurrent write wins and losing the
+// race leaves that newer value.
+func (d *Driver) openEntry(ctx context.Context, e driver.Entry) (driver.Entry, error) {
+	plain, pinned, err := d.Open(e.Key, string(e.Value))
 	if err != nil {
 		return driver.Entry{}, err
 	}
 	e.Value = plain
 	if !pinned && d.prot == Migrate {
-		// Rewrite with a pin, as Custodia's migrate mode does. CAS so a
-		// concurrent write wins; losing the race leaves that newer value.
-		if rev, err := d.Put(ctx, key, plain, driver.PutOptions{IfRevision: e.Revision}); err == nil {
+		if rev, err := d.Put(ctx, e.Key, plain, driver.PutOptions{IfRevision: e.Revision}); err == nil {
 			e.Revision = rev
 		} else if d.ErrorCode(err) != driver.Conflict {
-			return driver.Entry{}, fmt.Errorf("migrate %q: add pin: %w", key, err)
+			return driver.Entry{}, fmt.Errorf("migrate %q: add pin: %w", e.Key, err)
 		}
 	}
 	return e, nil
@@ -197,8 +204,8 @@ func (d *Driver) PutBatch(ctx context.Context, puts []driver.BatchPut) ([]int64,
 }
 
 // GetBatch implements driver.BatchGetter over the inner driver's, opening
-// each value as Get does; without one it returns driver.ErrBatchUnsupported.
-// In Migrate protection an unpinned value is re-read with Get, which pins it.
+// (and in Migrate protection pinning) each value as Get does; without one
+// it returns driver.ErrBatchUnsupported.
 func (d *Driver) GetBatch(ctx context.Context, keys []string) ([]driver.Entry, error) {
 	b, ok := d.under.(driver.BatchGetter)
 	if !ok {
@@ -212,22 +219,9 @@ func (d *Driver) GetBatch(ctx context.Context, keys []string) ([]driver.Entry, e
 		if e.Revision == 0 {
 			continue
 		}
-		plain, pinned, err := d.Open(e.Key, string(e.Value))
-		if err != nil {
+		if entries[i], err = d.openEntry(ctx, e); err != nil {
 			return nil, err
 		}
-		if !pinned && d.prot == Migrate {
-			switch got, err := d.Get(ctx, e.Key); {
-			case err == nil:
-				entries[i] = got
-			case d.ErrorCode(err) == driver.NotFound:
-				entries[i] = driver.Entry{Key: e.Key} // deleted since the batch read
-			default:
-				return nil, err
-			}
-			continue
-		}
-		entries[i].Value = plain
 	}
 	return entries, nil
 }
