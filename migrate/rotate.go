@@ -169,27 +169,12 @@ func resealBatch(ctx context.Context, under driver.Driver, bg driver.BatchGetter
 			count("gone", e.Key, nil)
 			continue
 		}
-		kid, err := overlay.KeyID(string(e.Value))
-		if err != nil {
-			count("", e.Key, err)
+		ct, err := resealValue(ov, cur, e)
+		if err != nil || ct == nil {
+			count("current", e.Key, err) // an error is counted as failed
 			continue
 		}
-		if kid == cur {
-			count("current", e.Key, nil)
-			continue
-		}
-		plain, _, err := ov.Open(e.Key, string(e.Value))
-		if err != nil {
-			count("", e.Key, err)
-			continue
-		}
-		ct, err := ov.Seal(e.Key, plain)
-		clear(plain)
-		if err != nil {
-			count("", e.Key, err)
-			continue
-		}
-		puts = append(puts, driver.BatchPut{Key: e.Key, Value: []byte(ct), Opts: driver.PutOptions{IfRevision: e.Revision}})
+		puts = append(puts, driver.BatchPut{Key: e.Key, Value: ct, Opts: driver.PutOptions{IfRevision: e.Revision}})
 	}
 	if len(puts) == 0 {
 		return nil
@@ -212,6 +197,26 @@ func resealBatch(ctx context.Context, under driver.Driver, bg driver.BatchGetter
 	return nil
 }
 
+// resealValue is e's value sealed under the current key, or nil if it is
+// sealed under it already (kid cur: only sealrun writes a kid, and it pins
+// whenever protection asks).
+func resealValue(ov *overlay.Driver, cur string, e driver.Entry) ([]byte, error) {
+	kid, err := overlay.KeyID(string(e.Value))
+	if err != nil || kid == cur {
+		return nil, err
+	}
+	plain, _, err := ov.Open(e.Key, string(e.Value))
+	if err != nil {
+		return nil, err
+	}
+	defer clear(plain)
+	ct, err := ov.Seal(e.Key, plain)
+	if err != nil {
+		return nil, err
+	}
+	return []byte(ct), nil
+}
+
 // reseal re-seals one record; the outcome is "resealed", "current" or "gone".
 func reseal(ctx context.Context, under driver.Driver, ov *overlay.Driver, cur, key string) (string, error) {
 	for range 5 {
@@ -222,24 +227,15 @@ func reseal(ctx context.Context, under driver.Driver, ov *overlay.Driver, cur, k
 		if err != nil {
 			return "", err
 		}
-		kid, err := overlay.KeyID(string(e.Value))
+		e.Key = key
+		ct, err := resealValue(ov, cur, e)
 		if err != nil {
 			return "", err
 		}
-		if kid == cur {
-			// Only sealrun writes a kid, and it pins whenever protection asks.
+		if ct == nil {
 			return "current", nil
 		}
-		plain, _, err := ov.Open(key, string(e.Value))
-		if err != nil {
-			return "", err
-		}
-		ct, err := ov.Seal(key, plain)
-		clear(plain)
-		if err != nil {
-			return "", err
-		}
-		_, err = under.Put(ctx, key, []byte(ct), driver.PutOptions{IfRevision: e.Revision})
+		_, err = under.Put(ctx, key, ct, driver.PutOptions{IfRevision: e.Revision})
 		if under.ErrorCode(err) == driver.Conflict {
 			continue // written meanwhile: look again
 		}
