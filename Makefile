@@ -40,6 +40,8 @@ test: deps fmt-check vet build
 
 # Each fuzz target for FUZZTIME (go test allows one -fuzz target per run).
 FUZZ_TARGETS := \
+	./backup:FuzzParseShares \
+	./backup:FuzzDecodeStore \
 	./envelope:FuzzOpen \
 	./envelope:FuzzOpenPayload \
 	./envelope:FuzzParseKeys \
