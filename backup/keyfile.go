@@ -53,7 +53,9 @@ func WriteShares(dir string, shares []Share) ([]string, error) {
 			path string
 			data []byte
 		}{{base + ".txt", s.Text()}, {base + ".png", png}} {
-			if err := writeNew(f.path, f.data); err != nil {
+			if err := writeNew(f.path, f.data); errors.Is(err, fs.ErrExist) {
+				return paths, fmt.Errorf("%s exists: choose an empty --out directory (shares are never overwritten)", f.path)
+			} else if err != nil {
 				return paths, err
 			}
 			paths = append(paths, f.path)
@@ -65,9 +67,6 @@ func WriteShares(dir string, shares []Share) ([]string, error) {
 // writeNew creates path 0600 with O_EXCL and removes it again on a failed write.
 func writeNew(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("%s exists: choose an empty --out directory (shares are never overwritten)", path)
-	}
 	if err != nil {
 		return err
 	}
@@ -83,12 +82,12 @@ func writeNew(path string, data []byte) error {
 	return nil
 }
 
-// WriteKeyFile writes a restored key file, 0600, never replacing a file.
-func WriteKeyFile(path string, data []byte) error {
-	if err := writeNew(path, data); err != nil {
-		if errors.Is(err, fs.ErrExist) || strings.Contains(err.Error(), "exists") {
-			return fmt.Errorf("%s exists: restore to a new path (a key file is never overwritten)", path)
-		}
+// WriteNewFile writes a restored key file or a store backup, 0600, never
+// replacing a file.
+func WriteNewFile(path string, data []byte) error {
+	if err := writeNew(path, data); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists: write to a new path (an existing file is never replaced)", path)
+	} else if err != nil {
 		return err
 	}
 	return nil

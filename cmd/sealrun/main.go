@@ -42,6 +42,7 @@ type command struct {
 // commands is the explicit list of subcommands; keep it sorted by name.
 var commands = []command{
 	{name: "audit", summary: "verify the secrets proxy audit log chain", run: runAudit},
+	{name: "backup", summary: "split keys into printable shares, back up and load the encrypted store", run: runBackup},
 	{name: "config", summary: "check configuration files and print complete defaults", run: runConfig},
 	{name: "keygen", summary: "generate message, signing and HPKE key pairs", run: runKeygen},
 	{name: "migrate", summary: "import existing secrets (StudioML, kubectl, etcd, Custodia, Vault) into the store", run: runMigrate},
