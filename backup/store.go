@@ -188,6 +188,31 @@ func sealedValue(key, prefix string, value []byte) bool {
 	return strings.HasPrefix(key, prefix+"deks/") && d.Decode(&dek) == nil && dek.KEK != "" && strings.HasPrefix(dek.Wrapped, "vault:v")
 }
 
+// Only is the backup restricted to the given prefixes (a subset of its own).
+func (b *StoreBackup) Only(prefixes []string) *StoreBackup {
+	cp := *b
+	cp.Prefixes, cp.Sealed, cp.Records = nil, nil, nil
+	for _, p := range b.Prefixes {
+		if contains(prefixes, p) {
+			cp.Prefixes = append(cp.Prefixes, p)
+		}
+	}
+	for _, p := range b.Sealed {
+		if contains(prefixes, p) {
+			cp.Sealed = append(cp.Sealed, p)
+		}
+	}
+	for _, r := range b.Records {
+		for _, p := range cp.Prefixes {
+			if strings.HasPrefix(r.Key, p) {
+				cp.Records = append(cp.Records, r)
+				break
+			}
+		}
+	}
+	return &cp
+}
+
 // Encode writes the backup as indented JSON.
 func (b *StoreBackup) Encode(w io.Writer) error {
 	enc := json.NewEncoder(w)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/sealrun/sealrun/backup"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
@@ -319,11 +320,22 @@ start the proxy with the restored master key (sealrun backup restore).`, backupE
 	if err != nil {
 		return failure(s, fs, fmt.Errorf("%s: %w", filepath.Base(*in), err))
 	}
+	// Load what the target uses: after a switch away from Transit (Vault is
+	// gone, the DEKs restored as key files) the wrapped DEKs are not needed.
+	var keep []string
 	for _, p := range b.Prefixes {
-		if !contains(prefixes.All, p) {
-			return failure(s, fs, fmt.Errorf("the backup holds prefix %s, which %s does not use (it uses %q): load with the configuration the backup was taken with", p, *cfgPath, prefixes.All))
+		if contains(prefixes.All, p) {
+			keep = append(keep, p)
+		} else {
+			fmt.Fprintf(s.err, "skipping the backup's records under %s: %s does not use that prefix\n", p, *cfgPath)
 		}
 	}
+	for _, p := range prefixes.Sealed {
+		if !contains(keep, p) && p != "" && !strings.HasSuffix(p, ".deks/") {
+			return failure(s, fs, fmt.Errorf("the backup holds no records for %s's secrets prefix %s (it holds %q): load with the configuration the backup was taken with", *cfgPath, p, b.Prefixes))
+		}
+	}
+	b = b.Only(keep)
 	client, closer, err := storageconfig.OpenEtcdClient(ctx, cfg)
 	if err != nil {
 		return failure(s, fs, err)
