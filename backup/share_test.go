@@ -80,6 +80,9 @@ func TestSplitAnyFileSize(t *testing.T) {
 		if err != nil || !bytes.Equal(got, secret) {
 			t.Fatalf("%d bytes: %v", n, err)
 		}
+		if _, err := shares[0].QR(); err != nil {
+			t.Fatalf("%d bytes: QR code: %v", n, err)
+		}
 	}
 }
 

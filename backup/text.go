@@ -80,9 +80,14 @@ Each line ends in a check: a mistyped line is reported by its number.
 	return w.Bytes()
 }
 
-// QR is a PNG of the share's lines (medium error correction).
+// QR is a PNG of the share's lines: medium error correction (15% of the
+// code may be damaged), or low for the largest files, which need the room.
 func (s Share) QR() ([]byte, error) {
-	return qrcode.Encode(s.Lines(), qrcode.Medium, 512)
+	png, err := qrcode.Encode(s.Lines(), qrcode.Medium, 768)
+	if err != nil {
+		png, err = qrcode.Encode(s.Lines(), qrcode.Low, 768)
+	}
+	return png, err
 }
 
 // Parse reads shares from share files or typed lines: every line that starts
