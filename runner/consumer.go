@@ -69,7 +69,9 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 		return
 	}
 	if opened.FingerprintMismatch {
-		log.Info("message fingerprint names another key than the one that verified it", "prefix", opened.Prefix, "signer", opened.Signer)
+		// StudioML clients assert the signer's identity with the
+		// fingerprint: a mismatch is worth an operator's look.
+		log.Warn("message fingerprint names another key than the one that verified it", "prefix", opened.Prefix, "signer", opened.Signer)
 	}
 	id := messageID(opened, &d)
 	log = log.With("message_id", id, "suite", suite)
@@ -104,7 +106,9 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 		if cl == claimTakeover {
 			log.Info("taking over an unfinished run whose runner is gone")
 		}
+		r.started(ctx, p, log, job)
 		res, err = r.exec.Run(ctx, job)
+		r.noteExecutor(err)
 		if err != nil {
 			r.release(ctx, log, c)
 			if ctx.Err() != nil {
@@ -123,6 +127,18 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 		}
 	}
 	respID, err := r.respond(ctx, p, log, job, res)
+	if errors.Is(err, errUnroutable) {
+		// The run is recorded finished but not answered (respond warned);
+		// running it again would not bring the report back.
+		stopKeep()
+		if err := d.Ack(false); err != nil {
+			log.Debug("ack after the job ran did not go through", "error", err)
+		}
+		r.m.messages.WithLabelValues(outcomeDone, suite, "").Inc()
+		log.Info("job finished; its report could not be delivered", "exit_status", res.ExitStatus, "timed_out", res.TimedOut,
+			"duration", res.Duration.String())
+		return
+	}
 	if err != nil {
 		r.lost(ctx, log, d, suite, c, err)
 		return
@@ -139,7 +155,7 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 	}
 	r.gate.ok()
 	r.m.messages.WithLabelValues(outcomeDone, suite, "").Inc()
-	log.Info("job finished", "exit_status", res.ExitStatus, "timed_out", res.TimedOut, "duration", res.Duration,
+	log.Info("job finished", "exit_status", res.ExitStatus, "timed_out", res.TimedOut, "duration", res.Duration.String(),
 		"response_id", respID)
 }
 

@@ -84,10 +84,37 @@ type queueSet struct {
 	explicit []string
 	found    []string // sorted, disjoint from explicit
 	changed  chan struct{}
+	// problems: queues of the set not consumed, and why.
+	problems map[string]string
 }
 
 func newQueueSet(explicit []string) *queueSet {
-	return &queueSet{explicit: slices.Clone(explicit), changed: make(chan struct{}, 1)}
+	return &queueSet{explicit: slices.Clone(explicit), changed: make(chan struct{}, 1), problems: map[string]string{}}
+}
+
+// setProblem records why q is not consumed; "" clears it.
+func (s *queueSet) setProblem(q, why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if why == "" {
+		delete(s.problems, q)
+	} else {
+		s.problems[q] = why
+	}
+}
+
+type queueProblem struct{ name, why string }
+
+// unconsumed lists the queues of the set not consumed, by name.
+func (s *queueSet) unconsumed() []queueProblem {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []queueProblem
+	for q, why := range s.problems {
+		out = append(out, queueProblem{q, why})
+	}
+	slices.SortFunc(out, func(a, b queueProblem) int { return strings.Compare(a.name, b.name) })
+	return out
 }
 
 // all returns the configured queues, then the discovered ones.
@@ -113,6 +140,7 @@ func (s *queueSet) drop(q string) {
 	if i, ok := slices.BinarySearch(s.found, q); ok {
 		s.found = slices.Delete(s.found, i, i+1)
 	}
+	delete(s.problems, q)
 }
 
 // setFound replaces the discovered queues and reports what was added.
@@ -138,6 +166,9 @@ func (s *queueSet) setFound(names []string) (added, removed []string) {
 		}
 	}
 	s.found = found
+	for _, q := range removed {
+		delete(s.problems, q)
+	}
 	if len(added)+len(removed) > 0 {
 		select {
 		case s.changed <- struct{}{}:

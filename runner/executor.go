@@ -84,6 +84,9 @@ func NewCommandExecutor(c ExecutorConfig) (*CommandExecutor, error) {
 	if e.workRoot == "" {
 		e.workRoot = os.TempDir()
 	}
+	if err := prepareWorkRoot(e.workRoot); err != nil {
+		return nil, err
+	}
 	if e.timeout <= 0 {
 		e.timeout = time.Hour
 	}
@@ -91,6 +94,31 @@ func NewCommandExecutor(c ExecutorConfig) (*CommandExecutor, error) {
 		e.outputLimit = 64 << 10
 	}
 	return e, nil
+}
+
+// prepareWorkRoot makes sure jobs can get a working directory under root,
+// at start: found missing at the first job, every message would be
+// requeued forever behind a runner that looks ready.
+func prepareWorkRoot(root string) error {
+	fi, err := os.Stat(root)
+	if errors.Is(err, os.ErrNotExist) {
+		// Owner only: job directories hold decrypted requests.
+		if err := os.MkdirAll(root, 0o700); err != nil {
+			return fmt.Errorf("executor.work_root %s does not exist and cannot be created: %w; create it (mode 0700, owned by the runner's user) or point work_root at a writable directory", root, err)
+		}
+		fi, err = os.Stat(root)
+	}
+	if err != nil {
+		return fmt.Errorf("executor.work_root %s: %w", root, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("executor.work_root %s is not a directory; point work_root at a directory", root)
+	}
+	probe, err := os.MkdirTemp(root, ".sealrun-probe-")
+	if err != nil {
+		return fmt.Errorf("executor.work_root %s is not writable: %w; give the runner's user write access or point work_root elsewhere", root, err)
+	}
+	return os.Remove(probe)
 }
 
 func parseArgv(cmd []string) ([]*template.Template, error) {

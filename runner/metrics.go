@@ -2,6 +2,7 @@ package runner
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -57,7 +58,7 @@ func newMetrics() *metrics {
 	}, []string{"result"})
 	m.responses = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sealrun_runner_responses_total",
-		Help: "Responses, by result (sent, no_queue, no_key).",
+		Help: "Jobs' reports, by result (sent, sent_default_exchange, unroutable, no_queue, no_key).",
 	}, []string{"result"})
 	m.reg.MustRegister(m.messages, m.open, m.job, m.reconnects, m.keyReloads, m.responses,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
@@ -69,15 +70,20 @@ func newMetrics() *metrics {
 func (r *Runner) Registry() *prometheus.Registry { return r.m.reg }
 
 // Handler serves /healthz (the process is alive), /readyz (connected to the
-// broker, keys loaded, no dependency down) and /metrics.
+// broker, keys loaded, no dependency down, every queue consumed, the
+// executor starting jobs; else 503 with one reason a line) and /metrics.
 func (r *Runner) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if why := r.notReady(); why != "" {
-			http.Error(w, why, http.StatusServiceUnavailable)
+		why := r.degraded()
+		if nr := r.notReady(); nr != "" {
+			why = append([]string{nr}, why...)
+		}
+		if len(why) > 0 {
+			http.Error(w, strings.Join(why, "\n"), http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))

@@ -2,10 +2,14 @@ package runner
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +33,9 @@ type publisher struct {
 	stop     chan struct{}
 	done     chan struct{}
 
+	bounceMu sync.Mutex
+	bounced  map[string]bool // exchange NUL message id → returned unroutable
+
 	// probe is a separate channel for passive declares: a 404 closes the
 	// channel it happens on.
 	probeMu sync.Mutex
@@ -46,25 +53,58 @@ func newPublisher(conn *amqp.Connection, cfg *Config, log *slog.Logger) (*publis
 		return nil, fmt.Errorf("enable publisher confirms: %w", err)
 	}
 	p := &publisher{conn: conn, ch: ch, cfg: cfg, log: log, closed: ch.NotifyClose(make(chan *amqp.Error, 1)),
-		returned: ch.NotifyReturn(make(chan amqp.Return, 16)), stop: make(chan struct{}), done: make(chan struct{}),
-		exists: map[string]time.Time{}, missing: map[string]time.Time{}}
-	// Returns must be drained or the library blocks; a mandatory response
-	// that no queue takes is logged (the queue vanished after our check).
+		returned: ch.NotifyReturn(make(chan amqp.Return, 64)), stop: make(chan struct{}), done: make(chan struct{}),
+		exists: map[string]time.Time{}, missing: map[string]time.Time{}, bounced: map[string]bool{}}
+	// Returns must be drained or the library blocks. Each publisher drains
+	// them itself once its confirm arrived (the broker sends basic.return
+	// before basic.ack, and the library queues it in order, so it is in the
+	// channel by then); this loop drains what a waiter that gave up left.
 	go func() {
 		defer close(p.done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
 		for {
 			select {
-			case ret, ok := <-p.returned:
-				if !ok {
-					return
-				}
-				p.log.Warn("response returned unroutable", "routing_key", ret.RoutingKey, "reply", ret.ReplyText)
+			case <-t.C:
+				p.drainReturns()
 			case <-p.stop:
 				return
 			}
 		}
 	}()
 	return p, nil
+}
+
+// drainReturns moves the returned (unroutable) publishings into bounced.
+func (p *publisher) drainReturns() {
+	p.bounceMu.Lock()
+	defer p.bounceMu.Unlock()
+	if len(p.bounced) > 1024 {
+		clear(p.bounced) // ids whose waiter gave up
+	}
+	for {
+		select {
+		case ret, ok := <-p.returned:
+			if !ok {
+				return
+			}
+			p.bounced[ret.Exchange+"\x00"+ret.MessageId] = true
+		default:
+			return
+		}
+	}
+}
+
+// wasReturned reports (and forgets) whether the publishing of messageID to
+// exchange came back unroutable.
+func (p *publisher) wasReturned(exchange, messageID string) bool {
+	p.drainReturns()
+	p.bounceMu.Lock()
+	defer p.bounceMu.Unlock()
+	k := exchange + "\x00" + messageID
+	b := p.bounced[k]
+	delete(p.bounced, k)
+	return b
 }
 
 func (p *publisher) close() {
@@ -118,23 +158,45 @@ func (p *publisher) responseQueue(queue string) (bool, error) {
 	return true, nil
 }
 
+// errUnroutable: the broker returned the response from both the exchange
+// and the default exchange (no queue took it).
+var errUnroutable = errors.New("response unroutable")
+
 // publish sends one sealed response under messageID and waits for the
-// broker's confirm.
-func (p *publisher) publish(ctx context.Context, queue, messageID, body string) error {
-	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, p.cfg.AMQP.Exchange, envelope.ResponseRoutingKey(queue),
+// broker's confirm. A response the exchange cannot route (the response
+// queue is not bound to it) is sent again through the default exchange,
+// which routes by queue name; it reports which way it went.
+func (p *publisher) publish(ctx context.Context, queue, messageID, body string) (fallback bool, err error) {
+	routed, err := p.publishOnce(ctx, p.cfg.AMQP.Exchange, envelope.ResponseRoutingKey(queue), queue, messageID, body)
+	if err != nil || routed {
+		return false, err
+	}
+	routed, err = p.publishOnce(ctx, "", envelope.ResponseQueue(queue), queue, messageID, body)
+	if err != nil {
+		return true, err
+	}
+	if !routed {
+		return true, errUnroutable
+	}
+	return true, nil
+}
+
+// publishOnce publishes mandatory and reports whether a queue took it.
+func (p *publisher) publishOnce(ctx context.Context, exchange, key, queue, messageID, body string) (bool, error) {
+	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key,
 		true, false, amqp.Publishing{ContentType: "text/plain", DeliveryMode: amqp.Persistent, Timestamp: time.Now(),
 			MessageId: messageID, Body: []byte(body)})
 	if err != nil {
-		return fmt.Errorf("publish response for %s: %w", queue, err)
+		return false, fmt.Errorf("publish response for %s: %w", queue, err)
 	}
 	ok, err := dc.WaitContext(ctx)
 	if err != nil {
-		return fmt.Errorf("confirm response for %s: %w", queue, err)
+		return false, fmt.Errorf("confirm response for %s: %w", queue, err)
 	}
 	if !ok {
-		return fmt.Errorf("broker nacked the response for %s", queue)
+		return false, fmt.Errorf("broker nacked the response for %s", queue)
 	}
-	return nil
+	return !p.wasReturned(exchange, messageID), nil
 }
 
 // publishers hands the current session's publisher to handlers whose own
@@ -184,39 +246,106 @@ func (s *publishers) wait(ctx context.Context) (*publisher, error) {
 	}
 }
 
-// ResponseMessageID is the AMQP message id of the response to job id: the
-// same for every publish of it, so a consumer drops a copy the runner
+// ResponseMessageID is the AMQP message id of the final report of job id:
+// the same for every publish of it, so a consumer drops a copy the runner
 // published again because the broker's confirm was lost (AMQP publishing
 // is at-least-once).
 func ResponseMessageID(jobID string) string { return "response-" + jobID }
 
-// jobSummary is the Progress JSON a response carries.
-type jobSummary struct {
-	ExitStatus      int    `json:"exit_status"`
-	TimedOut        bool   `json:"timed_out,omitempty"`
-	DurationSeconds string `json:"duration_seconds"`
-	Output          string `json:"output,omitempty"`
-	OutputTruncated bool   `json:"output_truncated,omitempty"`
+// logMessageID is the message id of a job's "stop" log report.
+func logMessageID(jobID string) string { return "response-" + jobID + "-log" }
+
+// startedMessageID is the message id of one run's Started report: a run
+// taken over or run again is a new attempt, so its report is a new message.
+func startedMessageID(jobID string) string {
+	b := make([]byte, 4)
+	_, _ = crand.Read(b)
+	return "response-" + jobID + "-started-" + hex.EncodeToString(b)
 }
 
-// report builds the final Progress report of a job.
-func (r *Runner) report(job Job, res *Result) *envelope.Report {
-	sum := jobSummary{ExitStatus: res.ExitStatus, TimedOut: res.TimedOut,
-		DurationSeconds: fmt.Sprintf("%.3f", res.Duration.Seconds()),
-		Output:          string(res.Output), OutputTruncated: res.Truncated}
-	js, _ := json.Marshal(sum)
-	now := time.Now().UTC()
-	pr := &envelope.Progress{Time: now, JSON: string(js), State: "success"}
-	if res.ExitStatus != 0 || res.TimedOut {
-		pr.State = "failed"
-		msg := fmt.Sprintf("exit status %d", res.ExitStatus)
-		if res.TimedOut {
-			msg = "timed out"
-		}
-		pr.Error = &envelope.ProgressError{Msg: msg, Code: int32(res.ExitStatus)}
+// StudioML report states and log severities: the enum value names of
+// dev.studio_go_runner.reports (proto/reports.proto of studio-go-runner),
+// which is what protojson writes and accepts.
+const (
+	stateStarted = "Started"
+	stateFailed  = "Failed"
+	stateSuccess = "Success"
+
+	severityInfo  = "Info"
+	severityError = "Error"
+)
+
+func (r *Runner) newReport(job Job) envelope.Report {
+	return envelope.Report{Time: time.Now().UTC(), ExperimentID: experimentID(job.Request), UniqueID: job.ID,
+		ExecutorID: r.cfg.RunnerID}
+}
+
+// startedReport is the Progress report StudioML runners send as a job starts.
+func (r *Runner) startedReport(job Job) *envelope.Report {
+	rep := r.newReport(job)
+	rep.Progress = &envelope.Progress{Time: rep.Time, State: stateStarted}
+	return &rep
+}
+
+// stopReport is the "stop" log entry StudioML runners send when a job ends,
+// carrying what the runner knows of the run: its console output (stdout and
+// stderr, capped), exit status and duration.
+func (r *Runner) stopReport(job Job, res *Result) *envelope.Report {
+	rep := r.newReport(job)
+	fields := map[string]string{"success": "True", "exit_status": strconv.Itoa(res.ExitStatus),
+		"duration": res.Duration.String()}
+	sev := severityInfo
+	if msg := failure(res); msg != "" {
+		fields["success"], fields["error"], sev = "False", msg, severityError
 	}
-	return &envelope.Report{Time: now, ExperimentID: experimentID(job.Request), UniqueID: job.ID,
-		ExecutorID: r.cfg.RunnerID, Progress: pr}
+	if res.TimedOut {
+		fields["timed_out"] = "True"
+	}
+	if len(res.Output) > 0 {
+		fields["output"] = string(res.Output)
+	}
+	if res.Truncated {
+		fields["output_truncated"] = "True"
+	}
+	rep.Logging = &envelope.LogEntry{Time: rep.Time, Severity: sev, Message: "stop", Fields: fields}
+	return &rep
+}
+
+// finalReport is the job's terminal Progress report. Its json is the last
+// single-line JSON fragment the experiment printed, where StudioML puts
+// experiment output (interface.md, "report ↠ progress ↠ json").
+func (r *Runner) finalReport(job Job, res *Result) *envelope.Report {
+	rep := r.newReport(job)
+	rep.Progress = &envelope.Progress{Time: rep.Time, JSON: experimentJSON(res.Output), State: stateSuccess}
+	if msg := failure(res); msg != "" {
+		rep.Progress.State = stateFailed
+		rep.Progress.Error = &envelope.ProgressError{Msg: msg, Code: int32(res.ExitStatus)}
+	}
+	return &rep
+}
+
+// failure says why a run failed, or "" if it succeeded.
+func failure(res *Result) string {
+	switch {
+	case res.TimedOut:
+		return "timed out"
+	case res.ExitStatus != 0:
+		return fmt.Sprintf("exit status %d", res.ExitStatus)
+	}
+	return ""
+}
+
+// experimentJSON is the last line of output that is a well-formed JSON
+// object or array (StudioML's "single line JSON fragment"), or "".
+func experimentJSON(output []byte) string {
+	last := ""
+	for line := range strings.Lines(string(output)) {
+		line = strings.TrimSpace(line)
+		if (strings.HasPrefix(line, "{") || strings.HasPrefix(line, "[")) && json.Valid([]byte(line)) {
+			last = line
+		}
+	}
+	return last
 }
 
 // experimentID picks the experiment key out of a StudioML request, if any.
@@ -230,52 +359,118 @@ func experimentID(req []byte) string {
 	return r.Experiment.Key
 }
 
-// respond seals the job's report once and publishes it to <queue>_response
-// under ResponseMessageID, when that queue exists and a response key matches
-// it. Broker failures are retried on whichever session is current until
-// the broker confirms, so a job whose connection died under it is still
-// answered; every retry publishes the same body. It gives up only when
-// shutdown ended ctx and finishTimeout has passed. It returns the response's
-// message id, or "" when no response was due.
-func (r *Runner) respond(ctx context.Context, p *publisher, log *slog.Logger, job Job, res *Result) (string, error) {
+// sealed is one report ready to publish.
+type sealed struct {
+	id, body string
+	role     reportRole
+}
+
+// responseDue says whether queue's reports can be sealed; if not it counts
+// and warns with what the operator must create.
+func (r *Runner) responseDue(log *slog.Logger, queue string) (*envelope.ResponseKeys, bool) {
 	keys := r.respKeys.Load()
+	rq := envelope.ResponseQueue(queue)
 	if keys == nil {
 		r.m.responses.WithLabelValues("no_key").Inc()
-		return "", nil
+		log.Warn("no report sent: no response keys are loaded; store a response key for a prefix of the response queue (sealrun secrets put --kind response-key)",
+			"response_queue", rq)
+		return nil, false
+	}
+	if _, _, ok := keys.Lookup(rq); !ok {
+		r.m.responses.WithLabelValues("no_key").Inc()
+		log.Warn("no report sent: no response key matches the response queue; store one for a prefix of it (sealrun secrets put --kind response-key)",
+			"response_queue", rq, "response_prefixes", keys.Prefixes())
+		return nil, false
+	}
+	return keys, true
+}
+
+// started sends a job's Started report, once and without retrying: like
+// the StudioML runner's, it is informational and never holds the job up.
+func (r *Runner) started(ctx context.Context, p *publisher, log *slog.Logger, job Job) {
+	keys := r.respKeys.Load()
+	if keys == nil {
+		return
 	}
 	if _, _, ok := keys.Lookup(envelope.ResponseQueue(job.Queue)); !ok {
-		r.m.responses.WithLabelValues("no_key").Inc()
+		return // respond warns once the job is done
+	}
+	body, err := envelope.SealResponse(keys, job.Queue, r.startedReport(job))
+	if err != nil {
+		log.Warn("sealing the Started report failed", "error", err)
+		return
+	}
+	if err := r.publishResponse(ctx, p, log, job.Queue, startedMessageID(job.ID), body, roleStarted); err != nil &&
+		!errors.Is(err, errNoResponseQueue) {
+		log.Warn("the Started report was not sent; the final report still is", "error", err)
+	}
+}
+
+// respond seals the job's "stop" log report and its final Progress report
+// once, and publishes them in that order to <queue>_response, when that
+// queue exists and a response key matches it. Broker failures are retried
+// on whichever session is current until the broker confirms, so a job whose
+// connection died under it is still answered; every retry publishes the
+// same bodies. It gives up only when shutdown ended ctx and finishTimeout
+// has passed. It returns the final report's message id, or "" when no
+// response was due; errUnroutable when no queue took a report.
+func (r *Runner) respond(ctx context.Context, p *publisher, log *slog.Logger, job Job, res *Result) (string, error) {
+	keys, ok := r.responseDue(log, job.Queue)
+	if !ok {
 		return "", nil
 	}
-	body, err := envelope.SealResponse(keys, job.Queue, r.report(job, res))
-	if err != nil {
-		return "", fmt.Errorf("seal response: %w", err)
+	var out []sealed
+	for _, m := range []struct {
+		id   string
+		rep  *envelope.Report
+		role reportRole
+	}{{logMessageID(job.ID), r.stopReport(job, res), roleLog}, {ResponseMessageID(job.ID), r.finalReport(job, res), roleFinal}} {
+		body, err := envelope.SealResponse(keys, job.Queue, m.rep)
+		if err != nil {
+			return "", fmt.Errorf("seal response: %w", err)
+		}
+		out = append(out, sealed{m.id, body, m.role})
 	}
-	id := ResponseMessageID(job.ID)
 	start := time.Now()
-	for attempt := 1; ; attempt++ {
-		err := r.publishResponse(ctx, p, job.Queue, id, body)
-		if err == nil {
-			return id, nil
+	for _, m := range out {
+		for attempt := 1; ; attempt++ {
+			err := r.publishResponse(ctx, p, log, job.Queue, m.id, m.body, m.role)
+			if err == nil {
+				break
+			}
+			if errors.Is(err, errNoResponseQueue) {
+				return "", nil
+			}
+			if errors.Is(err, errUnroutable) {
+				return "", err
+			}
+			if ctx.Err() != nil && time.Since(start) > finishTimeout {
+				return "", err
+			}
+			p = nil // the session may be gone: use the current one
+			d := backoff(attempt, 200*time.Millisecond, 5*time.Second)
+			log.Warn("publishing the response failed; retrying on the current broker session", "error", err, "retry_in", d)
+			time.Sleep(d)
 		}
-		if errors.Is(err, errNoResponseQueue) {
-			return "", nil
-		}
-		if ctx.Err() != nil && time.Since(start) > finishTimeout {
-			return "", err
-		}
-		p = nil // the session may be gone: use the current one
-		d := backoff(attempt, 200*time.Millisecond, 5*time.Second)
-		log.Warn("publishing the response failed; retrying on the current broker session", "error", err, "retry_in", d)
-		time.Sleep(d)
 	}
+	return ResponseMessageID(job.ID), nil
 }
 
 var errNoResponseQueue = errors.New("no response queue")
 
-// publishResponse is one attempt of respond, on p or the current session's
-// publisher.
-func (r *Runner) publishResponse(ctx context.Context, p *publisher, queue, id, body string) error {
+// Which report of a job publishResponse sends: a job's outcome is counted
+// in sealrun_runner_responses_total once, by the report it ends with.
+type reportRole int
+
+const (
+	roleStarted reportRole = iota // never counted
+	roleLog                       // counted if there is no queue
+	roleFinal                     // counted
+)
+
+// publishResponse is one attempt of publishing a report, on p or the
+// current session's publisher.
+func (r *Runner) publishResponse(ctx context.Context, p *publisher, log *slog.Logger, queue, id, body string, role reportRole) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
 	if p == nil || p.ch.IsClosed() {
@@ -284,17 +479,39 @@ func (r *Runner) publishResponse(ctx context.Context, p *publisher, queue, id, b
 			return fmt.Errorf("no broker session to publish the response on: %w", err)
 		}
 	}
+	rq := envelope.ResponseQueue(queue)
+	inc := func(result string) {
+		if role == roleFinal || (role == roleLog && result == "no_queue") {
+			r.m.responses.WithLabelValues(result).Inc()
+		}
+	}
 	ok, err := p.responseQueue(queue)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		r.m.responses.WithLabelValues("no_queue").Inc()
+		inc("no_queue")
+		if role != roleStarted {
+			log.Warn("no report sent: the response queue does not exist; declare it (durable) and bind it to the exchange with its routing key",
+				"response_queue", rq, "exchange", r.cfg.AMQP.Exchange, "routing_key", envelope.ResponseRoutingKey(queue))
+		}
 		return errNoResponseQueue
 	}
-	if err := p.publish(ctx, queue, id, body); err != nil {
+	fallback, err := p.publish(ctx, queue, id, body)
+	switch {
+	case errors.Is(err, errUnroutable):
+		r.m.responses.WithLabelValues("unroutable").Inc()
+		log.Warn("report lost: the broker routed it to no queue, through the exchange nor by queue name (was the response queue deleted?); the job is not recorded as answered",
+			"response_queue", rq, "message_id", id)
 		return err
+	case err != nil:
+		return err
+	case fallback:
+		inc("sent_default_exchange")
+		log.Warn("report sent through the default exchange: the response queue is not bound to the exchange; bind it so StudioML routing reaches it",
+			"response_queue", rq, "exchange", r.cfg.AMQP.Exchange, "routing_key", envelope.ResponseRoutingKey(queue))
+		return nil
 	}
-	r.m.responses.WithLabelValues("sent").Inc()
+	inc("sent")
 	return nil
 }

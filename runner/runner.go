@@ -68,6 +68,9 @@ type Runner struct {
 	queues    *queueSet
 	readyOnce sync.Once
 	pubs      publishers // the current session's publisher
+	// execFailing is why the executor last could not start a job, until
+	// one starts again.
+	execFailing atomic.Pointer[string]
 }
 
 // instanceName names this runner process in JobRecord claims: the runner
@@ -259,6 +262,30 @@ func (r *Runner) notReady() string {
 		return "paused: a dependency failed"
 	}
 	return ""
+}
+
+// degraded says what the runner does not do although it runs: queues it
+// does not consume, an executor that cannot start jobs. /readyz reports it;
+// the systemd watchdog does not (a restart would not cure it).
+func (r *Runner) degraded() []string {
+	var out []string
+	for _, q := range r.queues.unconsumed() {
+		out = append(out, fmt.Sprintf("queue %s not consumed: %s", q.name, q.why))
+	}
+	if why := r.execFailing.Load(); why != nil {
+		out = append(out, "executor failing: "+*why)
+	}
+	return out
+}
+
+// noteExecutor records whether the executor could start the last job.
+func (r *Runner) noteExecutor(err error) {
+	if errors.Is(err, ErrStart) {
+		why := err.Error()
+		r.execFailing.Store(&why)
+	} else if err == nil {
+		r.execFailing.Store(nil)
+	}
 }
 
 // backoff is a jittered exponential delay for the n-th consecutive failure

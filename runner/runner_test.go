@@ -24,11 +24,13 @@ func TestHappyPath(t *testing.T) {
 		c.Executor = ExecutorConfig{Type: "command", Command: []string{"/bin/sh", "-c", "wc -c; echo queue=$SEALRUN_QUEUE"}}
 	}})
 	h.publish(q, sealStudio(t, fixSign), sealHPKE(t, q))
-	resps := h.drain(envelope.ResponseQueue(q), 2, 30*time.Second)
-	if len(resps) != 2 {
-		t.Fatalf("got %d responses, want 2 (outcomes: done=%d rejected=%d requeued=%d)", len(resps),
+	// Per job: Started, the "stop" log entry, the final Progress.
+	resps := h.drain(envelope.ResponseQueue(q), 6, 30*time.Second)
+	if len(resps) != 6 {
+		t.Fatalf("got %d reports, want 6 (outcomes: done=%d rejected=%d requeued=%d)", len(resps),
 			h.count(outcomeDone), h.count(outcomeRejected), h.count(outcomeRequeued))
 	}
+	states := map[string]int{}
 	for _, d := range resps {
 		if d.ContentType != "text/plain" {
 			t.Errorf("response content type %q, want text/plain", d.ContentType)
@@ -37,21 +39,30 @@ func TestHappyPath(t *testing.T) {
 		if err != nil {
 			t.Fatalf("open response: %v", err)
 		}
+		parseStudioML(t, plain) // as a StudioML consumer reads it
 		var rep envelope.Report
 		if err := json.Unmarshal(plain, &rep); err != nil {
 			t.Fatal(err)
 		}
-		if rep.Progress == nil || rep.Progress.State != "success" || rep.ExperimentID != "exp-1" {
-			t.Fatalf("report %+v, want a successful progress for exp-1", rep)
+		if rep.ExperimentID != "exp-1" {
+			t.Fatalf("report %s, want one for exp-1", plain)
 		}
-		var sum jobSummary
-		if err := json.Unmarshal([]byte(rep.Progress.JSON), &sum); err != nil {
-			t.Fatal(err)
+		switch {
+		case rep.Progress != nil:
+			states[rep.Progress.State]++
+			if rep.Progress.State == "Success" && d.MessageId != "response-"+rep.UniqueID {
+				t.Errorf("final report id %q, want response-%s", d.MessageId, rep.UniqueID)
+			}
+		case rep.Logging != nil:
+			states["log"]++
+			want := fmt.Sprintf("%d\nqueue=%s\n", len(testRequest), q)
+			if got := rep.Logging.Fields["output"]; got != want || rep.Logging.Message != "stop" || rep.Logging.Fields["success"] != "True" {
+				t.Errorf("stop log %s: want output %q (request on stdin, queue in env), success True", plain, want)
+			}
 		}
-		want := fmt.Sprintf("%d\nqueue=%s\n", len(testRequest), q)
-		if sum.Output != want {
-			t.Errorf("job output %q, want %q (request on stdin, queue in env)", sum.Output, want)
-		}
+	}
+	if states["Started"] != 2 || states["Success"] != 2 || states["log"] != 2 {
+		t.Errorf("reports by kind %v, want 2 Started, 2 stop logs, 2 Success", states)
 	}
 	eventually(t, 10*time.Second, "two finished JobRecords", func() bool {
 		n := 0

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,7 +84,7 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 	if err := ch.Qos(r.cfg.AMQP.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("set prefetch: %w", err)
 	}
-	if err := r.declare(ch); err != nil {
+	if err := r.declareExchanges(conn); err != nil {
 		return err
 	}
 	pub, err := newPublisher(conn, r.cfg, r.log)
@@ -149,27 +151,36 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 		}
 		return false
 	}
-	// consumeNew consumes every queue of the set not consumed yet. A
-	// discovered queue is first checked on a channel of its own: a refused
-	// one (403, or 405 locked) would close the consuming channel and end
-	// the session for every queue, again at each retry.
+	// consumeNew consumes every queue of the set not consumed yet. Each
+	// queue is declared and checked on a channel of its own first: a
+	// refused one (403, 405 locked, 406 other arguments) would close the
+	// consuming channel and end the session for every queue, again at each
+	// retry. A queue that cannot be consumed is reported (log, /readyz) and
+	// tried again every queueRetry; the others are consumed meanwhile.
 	consumeNew := func() error {
 		for _, q := range r.queues.all() {
 			if consuming(q) {
 				continue
 			}
-			if r.queues.discovered(q) {
-				if err := probeQueue(conn, q); err != nil {
-					r.log.Warn("not consuming a discovered queue this runner may not use", "queue", q, "error", err)
+			if !r.queues.discovered(q) && *r.cfg.AMQP.Declare {
+				if err := r.declareQueue(conn, q); err != nil {
+					r.notConsumed(q, err)
 					continue
 				}
+			}
+			if err := probeQueue(conn, q); err != nil {
+				r.notConsumed(q, err)
+				continue
 			}
 			if err := consume(q); err != nil {
 				return err
 			}
+			r.queues.setProblem(q, "")
 		}
 		return nil
 	}
+	retry := time.NewTicker(queueRetry)
+	defer retry.Stop()
 	if err := consumeNew(); err != nil {
 		return err
 	}
@@ -188,6 +199,10 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 			end = fmt.Errorf("channel closed: %v", e)
 		case e := <-pub.closed:
 			end = fmt.Errorf("publishing channel closed: %v", e)
+		case <-retry.C:
+			if len(r.queues.unconsumed()) > 0 {
+				end = consumeNew()
+			}
 		case <-r.queues.changed:
 			// A queue that vanished between discovery and consume closes
 			// the channel (404): the session ends and the next one consumes
@@ -217,46 +232,114 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 	return end
 }
 
-// declare creates the exchange, queues, bindings and dead-lettering
-// (spec §5b) unless the configuration says they are managed elsewhere.
-func (r *Runner) declare(ch *amqp.Channel) error {
+// queueRetry is how often a session tries again the queues it could not
+// consume.
+var queueRetry = 30 * time.Second
+
+// declareExchanges creates the exchange and the dead-letter exchange (spec
+// §5b) unless the configuration says they are managed elsewhere.
+func (r *Runner) declareExchanges(conn *amqp.Connection) error {
 	if !*r.cfg.AMQP.Declare {
 		return nil
 	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
 	ex := r.cfg.AMQP.Exchange
 	if err := ch.ExchangeDeclare(ex, "topic", true, true, false, false, nil); err != nil {
 		return fmt.Errorf("declare exchange %s: %w", ex, err)
 	}
-	dl := r.cfg.DeadLetter
-	if dl != nil {
+	if dl := r.cfg.DeadLetter; dl != nil {
 		if err := ch.ExchangeDeclare(dl.Exchange, "direct", true, false, false, false, nil); err != nil {
 			return fmt.Errorf("declare dead-letter exchange %s: %w", dl.Exchange, err)
 		}
 	}
-	for _, q := range r.cfg.Queues {
-		var args amqp.Table
-		if dl != nil {
-			args = amqp.Table{"x-dead-letter-exchange": dl.Exchange, "x-dead-letter-routing-key": q}
-			dq := q + dl.QueueSuffix
-			if _, err := ch.QueueDeclare(dq, true, false, false, false, nil); err != nil {
-				return fmt.Errorf("declare dead-letter queue %s: %w", dq, err)
-			}
-			if err := ch.QueueBind(dq, q, dl.Exchange, false, nil); err != nil {
-				return fmt.Errorf("bind dead-letter queue %s: %w", dq, err)
-			}
+	return nil
+}
+
+// declareQueue creates a configured queue, its dead-letter queue and its
+// binding, on a throwaway channel (a refusal closes the channel it happens
+// on). A queue that exists with other arguments (a StudioML client declared
+// it first: non-durable, no dead-lettering) is left as it is, bound, and
+// consumed as it is, with a warning naming the argument; nil means q may
+// be consumed.
+func (r *Runner) declareQueue(conn *amqp.Connection, q string) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	defer func() { _ = ch.Close() }()
+	var args amqp.Table
+	if dl := r.cfg.DeadLetter; dl != nil {
+		args = amqp.Table{"x-dead-letter-exchange": dl.Exchange, "x-dead-letter-routing-key": q}
+		dq := q + dl.QueueSuffix
+		if _, err := ch.QueueDeclare(dq, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare dead-letter queue %s: %w", dq, err)
 		}
-		if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
-			var ae *amqp.Error
-			if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
-				return fmt.Errorf("declare queue %s: it exists with other arguments (dead-lettering?): %w; align dead_letter with the queue or set amqp.declare: false", q, err)
-			}
-			return fmt.Errorf("declare queue %s: %w", q, err)
-		}
-		if err := ch.QueueBind(q, "StudioML."+q, ex, false, nil); err != nil {
-			return fmt.Errorf("bind queue %s to %s: %w", q, ex, err)
+		if err := ch.QueueBind(dq, q, dl.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind dead-letter queue %s: %w", dq, err)
 		}
 	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
+		var ae *amqp.Error
+		if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+			return fmt.Errorf("declare queue %s: %w", q, err)
+		}
+		r.log.Warn("queue exists with other arguments than the runner declares; consuming it as it is",
+			"queue", q, "argument", mismatchedArg(ae.Reason), "broker_says", ae.Reason,
+			"fix", mismatchFix(mismatchedArg(ae.Reason)))
+		// The refusal closed ch: bind on a fresh one.
+		if ch, err = conn.Channel(); err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+	}
+	if err := ch.QueueBind(q, "StudioML."+q, r.cfg.AMQP.Exchange, false, nil); err != nil {
+		return fmt.Errorf("bind queue %s to %s: %w", q, r.cfg.AMQP.Exchange, err)
+	}
 	return nil
+}
+
+// inequivalentArg finds the argument RabbitMQ names in a 406 reply:
+// "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' ...".
+var inequivalentArg = regexp.MustCompile(`inequivalent arg '([^']+)'`)
+
+func mismatchedArg(reason string) string {
+	if m := inequivalentArg.FindStringSubmatch(reason); m != nil {
+		return m[1]
+	}
+	return "unknown"
+}
+
+// mismatchFix says what to do about a queue declared with other arguments.
+func mismatchFix(arg string) string {
+	switch {
+	case arg == "durable":
+		return "the queue is not durable, so it and its messages do not survive a broker restart; to have it durable, delete it when empty and let the runner declare it, or declare it durable in the client"
+	case strings.HasPrefix(arg, "x-dead-letter"):
+		return "rejected messages of this queue are dropped, not dead-lettered; delete the queue when empty and let the runner declare it, declare it with the runner's dead-letter arguments, or set dead_letter to match"
+	}
+	return "delete the queue when empty and let the runner declare it, or set amqp.declare: false if another tool owns the topology"
+}
+
+// notConsumed records and logs that q cannot be consumed now.
+func (r *Runner) notConsumed(q string, err error) {
+	why := err.Error()
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		switch ae.Code {
+		case amqp.NotFound:
+			why += "; declare the queue, or set amqp.declare: true"
+		case amqp.AccessRefused:
+			why += "; grant the runner's AMQP user configure, read and write on it"
+		case amqp.ResourceLocked:
+			why += "; another connection holds it exclusively"
+		}
+	}
+	r.queues.setProblem(q, why)
+	r.log.Warn("not consuming a queue; the others are consumed, and it is tried again", "queue", q, "error", why,
+		"retry_in", queueRetry)
 }
 
 func tlsConfig(t *TLS) (*tls.Config, error) {

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/sealrun/sealrun/internal/configcheck"
+	"github.com/sealrun/sealrun/internal/logfmt"
 	"github.com/sealrun/sealrun/proxy"
 	"github.com/sealrun/sealrun/runner"
 	"github.com/sealrun/sealrun/storage"
@@ -94,7 +95,7 @@ opened as usual.`,
 	if err != nil {
 		return failure(s, fs, err)
 	}
-	log := slog.New(slog.NewJSONHandler(s.err, &slog.HandlerOptions{Level: level}))
+	log := logfmt.New(s.err, level)
 	if err := proxy.Run(ctx, cfg, log, nil); err != nil {
 		return failure(s, fs, err)
 	}

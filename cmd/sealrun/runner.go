@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/logfmt"
 	"github.com/sealrun/sealrun/proxy/client"
 	"github.com/sealrun/sealrun/runner"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
@@ -44,7 +45,7 @@ exits 0. Logs are JSON on stderr; see configs/runner.yaml for every option.`,
 	if err != nil {
 		return failure(s, fs, err)
 	}
-	log := slog.New(slog.NewJSONHandler(s.err, nil)).With("runner", cfg.RunnerID)
+	log := logfmt.New(s.err, slog.LevelInfo).With("runner", cfg.RunnerID)
 	sc := cfg.StorageConfig()
 	if sc == nil {
 		return failure(s, fs, errors.New("the runner needs a storage: section (JobRecords live in its state backend)"))
