@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -116,38 +117,71 @@ func (s *Server) written(kind, key string) {
 	}
 }
 
-func (s *Server) put(ctx context.Context, name string, v value) error {
+func (s *Server) put(ctx context.Context, name string, v value, ifMatch string) (int64, error) {
 	t, err := resolve(name)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var m secrets.Model
 	if !t.typed {
 		defer s.holdParent(name)()
 		if err := s.requireParent(ctx, name); err != nil {
-			return err
+			return 0, err
 		}
-		_, err := s.o.Store.Put(ctx, &secrets.Raw{Name: name, Value: secrets.Secret(v)}, driver.PutOptions{IfAbsent: true})
-		s.written(secrets.KindRaw, name)
-		return mutation(err)
+		m = &secrets.Raw{Name: name, Value: secrets.Secret(v)}
+	} else {
+		if t.key == "" {
+			return 0, fail(http.StatusMethodNotAllowed, "PUT needs /secrets/%s/<kind>/<key>", typedPrefix)
+		}
+		if m, err = s.o.Store.Registry().New(t.kind, t.key); err != nil {
+			return 0, err
+		}
+		dec := json.NewDecoder(strings.NewReader(string(v)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(m); err != nil {
+			return 0, fail(http.StatusBadRequest, "value is not a JSON %s model: %s", t.kind, jsonErrorShape(err))
+		}
+		if m.Key() != t.key {
+			return 0, fail(http.StatusBadRequest, "the value's key %q does not match the path's %q", m.Key(), t.key)
+		}
 	}
-	if t.key == "" {
-		return fail(http.StatusMethodNotAllowed, "PUT needs /secrets/%s/<kind>/<key>", typedPrefix)
+	opts := driver.PutOptions{IfAbsent: true}
+	if ifMatch != "" {
+		if opts, err = s.replaceOptions(ctx, m, ifMatch); err != nil {
+			return 0, err
+		}
 	}
-	m, err := s.o.Store.Registry().New(t.kind, t.key)
-	if err != nil {
-		return err
+	rev, err := s.o.Store.Put(ctx, m, opts)
+	s.written(m.Kind(), m.Key())
+	if ifMatch != "" && storage.Code(err) == driver.Conflict {
+		return 0, fail(http.StatusPreconditionFailed, "the value changed or was deleted since revision %d; read it and replace again", opts.IfRevision)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(v)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(m); err != nil {
-		return fail(http.StatusBadRequest, "value is not a JSON %s model: %s", t.kind, jsonErrorShape(err))
+	return rev, mutation(err)
+}
+
+// replaceOptions turns an If-Match header into a compare-and-set Put: "*"
+// against the revision current now, or the revision it names (an ETag
+// this proxy returned).
+func (s *Server) replaceOptions(ctx context.Context, m secrets.Model, ifMatch string) (driver.PutOptions, error) {
+	if ifMatch == "*" {
+		cur, err := s.o.Store.Registry().New(m.Kind(), m.Key())
+		if err != nil {
+			return driver.PutOptions{}, err
+		}
+		rev, err := s.o.Store.Get(ctx, cur)
+		if storage.Code(err) == driver.NotFound {
+			return driver.PutOptions{}, fail(http.StatusPreconditionFailed, "nothing to replace: it does not exist; create it with a PUT without If-Match")
+		}
+		if err != nil {
+			return driver.PutOptions{}, err
+		}
+		return driver.PutOptions{IfRevision: rev}, nil
 	}
-	if m.Key() != t.key {
-		return fail(http.StatusBadRequest, "the value's key %q does not match the path's %q", m.Key(), t.key)
+	rev, err := strconv.ParseInt(strings.Trim(strings.TrimPrefix(ifMatch, "W/"), `"`), 10, 64)
+	if err != nil || rev <= 0 {
+		return driver.PutOptions{}, fail(http.StatusBadRequest, `If-Match must be * or a revision this proxy returned as an ETag ("123")`)
 	}
-	_, err = s.o.Store.Put(ctx, m, driver.PutOptions{IfAbsent: true})
-	s.written(t.kind, t.key)
-	return mutation(err)
+	return driver.PutOptions{IfRevision: rev}, nil
 }
 
 // jsonErrorShape describes a decode error without echoing input (which may

@@ -284,14 +284,26 @@ func (s *Server) serve(q *request, escaped string) error {
 		}
 		return s.writeValue(q, v)
 	case "put":
+		// If-Match (not in Custodia's API; its clients never send it)
+		// makes the PUT a replace in one compare-and-set write: "*" the
+		// current value, "<revision>" only that revision. Replacing
+		// destroys the old value, so it needs the delete grant too.
+		ifMatch := r.Header.Get("If-Match")
+		if ifMatch != "" && !grantOf(cred).Allows("delete", authzPath) {
+			return fail(http.StatusForbidden, "credential %s may not replace %s (needs put and delete)", cred.ID, authzPath)
+		}
 		v, err := s.readValue(q)
 		if err != nil {
 			return err
 		}
-		if err := s.put(ctx, name, v); err != nil {
+		rev, err := s.put(ctx, name, v, ifMatch)
+		if err != nil {
 			return err
 		}
-		return s.respond(q, http.StatusCreated, "", func() { q.w.WriteHeader(http.StatusCreated) })
+		return s.respond(q, http.StatusCreated, "", func() {
+			q.w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(rev, 10)))
+			q.w.WriteHeader(http.StatusCreated)
+		})
 	case "delete":
 		if container {
 			err = s.deleteContainer(ctx, name)

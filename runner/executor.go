@@ -101,7 +101,7 @@ func NewCommandExecutor(c ExecutorConfig) (*CommandExecutor, error) {
 // requeued forever behind a runner that looks ready.
 func prepareWorkRoot(root string) error {
 	fi, err := os.Stat(root)
-	if errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		// Owner only: job directories hold decrypted requests.
 		if err := os.MkdirAll(root, 0o700); err != nil {
 			return fmt.Errorf("executor.work_root %s does not exist and cannot be created: %w; create it (mode 0700, owned by the runner's user) or point work_root at a writable directory", root, err)

@@ -16,6 +16,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/internal/logfmt"
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
@@ -141,6 +142,10 @@ type harnessOpt struct {
 	memoryState bool
 	// keyFiles are written to the key directory too (path → content).
 	keyFiles map[string][]byte
+	// before runs on the vhost's AMQP URL before the runner starts.
+	before func(url string)
+	// logTo receives the runner's JSON log (in the production format).
+	logTo io.Writer
 }
 
 func newHarness(t testing.TB, o harnessOpt) *harness {
@@ -179,6 +184,9 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 	if o.responses {
 		h.declareResponses()
 	}
+	if o.before != nil {
+		o.before(h.url)
+	}
 	var ks KeySource = &DirKeySource{Dir: h.keyDir, Poll: 100 * time.Millisecond}
 	if o.keys != nil {
 		ks = o.keys(ks)
@@ -186,6 +194,9 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if o.logTo != nil {
+		log = logfmt.New(o.logTo, slog.LevelDebug)
 	}
 	h.r, err = New(Options{Config: cfg, Keys: ks, Store: h.store, Executor: o.exec, Logger: log})
 	if err != nil {

@@ -499,6 +499,8 @@ func (r *Runner) publishResponse(ctx context.Context, p *publisher, log *slog.Lo
 	}
 	fallback, err := p.publish(ctx, queue, id, body)
 	switch {
+	case errors.Is(err, errUnroutable) && role == roleStarted:
+		return err
 	case errors.Is(err, errUnroutable):
 		r.m.responses.WithLabelValues("unroutable").Inc()
 		log.Warn("report lost: the broker routed it to no queue, through the exchange nor by queue name (was the response queue deleted?); the job is not recorded as answered",

@@ -82,15 +82,20 @@ func (p proxyStore) Put(ctx context.Context, m secrets.Model, ifAbsent bool) err
 		value = b
 	}
 	name := proxyName(m.Kind(), m.Key())
-	err := p.c.Put(ctx, name, value)
-	if errors.Is(err, client.ErrConflict) && !ifAbsent {
-		// The Custodia API is create-only: replace by delete + create.
-		if err := p.c.Delete(ctx, name); err != nil && !errors.Is(err, client.ErrNotFound) {
+	// Create, or replace in one compare-and-set write: a runner reloading
+	// its keys meanwhile sees the old value or the new, never none (a
+	// delete + create would leave a gap).
+	for range 3 {
+		err := p.c.Put(ctx, name, value)
+		if !errors.Is(err, client.ErrConflict) || ifAbsent {
 			return err
 		}
-		err = p.c.Put(ctx, name, value)
+		if err = p.c.Replace(ctx, name, value); !errors.Is(err, client.ErrChanged) {
+			return err
+		}
+		// Deleted or changed between the two: start over.
 	}
-	return err
+	return fmt.Errorf("%s changed concurrently three times while replacing it; try again", name)
 }
 
 func (p proxyStore) Get(ctx context.Context, m secrets.Model) error {

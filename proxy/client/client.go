@@ -33,6 +33,8 @@ var (
 	ErrUnauthorized = errors.New("proxy rejected the API id or key")
 	ErrForbidden    = errors.New("credential is not allowed this path or verb")
 	ErrConflict     = errors.New("secret already exists")
+	// ErrChanged: a Replace found the value deleted or changed under it.
+	ErrChanged = errors.New("secret changed or deleted since it was read")
 	ErrUnavailable  = errors.New("secrets proxy unavailable")
 )
 
@@ -248,6 +250,8 @@ func errorFor(status int, body []byte) *Error {
 		e.kind = ErrForbidden
 	case http.StatusConflict:
 		e.kind = ErrConflict
+	case http.StatusPreconditionFailed:
+		e.kind = ErrChanged
 	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		e.kind = ErrUnavailable
 	}
@@ -295,6 +299,17 @@ func (c *Client) GetFresh(ctx context.Context, name string) ([]byte, error) {
 func (c *Client) Put(ctx context.Context, name string, v []byte) error {
 	body, _ := json.Marshal(map[string]string{"type": "simple", "value": string(v)})
 	_, err := c.do(ctx, http.MethodPut, "/secrets/"+escapeName(name), body, map[string]string{"Content-Type": "application/json"})
+	c.Invalidate(name)
+	return err
+}
+
+// Replace overwrites an existing value in one compare-and-set write (PUT
+// with If-Match: *, a sealrun proxy extension): readers see the old value
+// or the new one, never none. ErrChanged if it does not exist.
+func (c *Client) Replace(ctx context.Context, name string, v []byte) error {
+	body, _ := json.Marshal(map[string]string{"type": "simple", "value": string(v)})
+	_, err := c.do(ctx, http.MethodPut, "/secrets/"+escapeName(name), body,
+		map[string]string{"Content-Type": "application/json", "If-Match": "*"})
 	c.Invalidate(name)
 	return err
 }
