@@ -118,7 +118,9 @@ func benchRunner(b *testing.B, q string, o benchOpt, seal func() []byte) {
 		go func() {
 			for d := range rs {
 				d.Ack(false)
-				answered.Add(1)
+				if isFinalReport(d.MessageId) {
+					answered.Add(1)
+				}
 			}
 		}()
 	}

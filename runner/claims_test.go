@@ -88,7 +88,7 @@ func TestLiveClaimNotRunTwice(t *testing.T) {
 		!strings.HasPrefix(rec.Owner, h.r.cfg.RunnerID+".") {
 		t.Fatalf("record after takeover: %+v", rec)
 	}
-	resp := h.drain(envelope.ResponseQueue(q), 2, 3*time.Second)
+	resp := h.finalReports(envelope.ResponseQueue(q), 2, 3*time.Second)
 	if len(resp) != 1 || resp[0].MessageId != "response-hpke-dead-1" {
 		t.Fatalf("%d responses, want one with message id response-hpke-dead-1", len(resp))
 	}
@@ -182,7 +182,7 @@ func TestLongJobOutlivesConsumerTimeout(t *testing.T) {
 				t.Fatalf("record %+v", rec)
 			}
 			eventually(t, 30*time.Second, "queue empty", func() bool { return h.queueLen(q) == 0 })
-			resp := h.drain(envelope.ResponseQueue(q), 2, 3*time.Second)
+			resp := h.finalReports(envelope.ResponseQueue(q), 2, 3*time.Second)
 			if len(resp) != 1 || resp[0].MessageId != "response-hpke-long-1" {
 				t.Fatalf("%d responses, want exactly one", len(resp))
 			}

@@ -74,8 +74,8 @@ func TestDiscoverQueues(t *testing.T) {
 	if n := h.queueLen(other); n != 1 {
 		t.Errorf("%s: %d messages, want the 1 published (not ours to consume)", other, n)
 	}
-	if n := h.queueLen(envelope.ResponseQueue(qa)); n != 2 {
-		t.Errorf("%s: %d responses, want 2 (a response queue is never consumed)", envelope.ResponseQueue(qa), n)
+	if n := h.queueLen(envelope.ResponseQueue(qa)); n != 6 {
+		t.Errorf("%s: %d reports, want 6 (3 per job; a response queue is never consumed)", envelope.ResponseQueue(qa), n)
 	}
 	for _, q := range h.r.queues.all() {
 		if q != qa {

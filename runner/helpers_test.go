@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"strings"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -354,6 +355,24 @@ func (h *harness) drain(queue string, n int, timeout time.Duration) []amqp.Deliv
 		}
 	}
 	return out
+}
+
+// finalReports drains queue (a response queue) and keeps the jobs' final
+// reports (ResponseMessageID), up to n of them, dropping their Started and
+// "stop" log reports.
+func (h *harness) finalReports(queue string, n int, timeout time.Duration) []amqp.Delivery {
+	h.t.Helper()
+	var out []amqp.Delivery
+	for _, d := range h.drain(queue, 3*n, timeout) {
+		if isFinalReport(d.MessageId) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func isFinalReport(id string) bool {
+	return !strings.HasSuffix(id, "-log") && !strings.Contains(id, "-started-")
 }
 
 func (h *harness) count(outcome string) int {

@@ -172,7 +172,7 @@ func TestRunnerWithProxyKeys(t *testing.T) {
 	h := newHarness(t, harnessOpt{queues: []string{q}, responses: true,
 		keys: func(KeySource) KeySource { return &ProxyKeySource{Client: p.client} }})
 	h.publish(q, sealStudio(t, fixSign), sealHPKE(t, q))
-	resps := h.drain(envelope.ResponseQueue(q), 2, 30*time.Second)
+	resps := h.finalReports(envelope.ResponseQueue(q), 2, 30*time.Second)
 	if len(resps) != 2 {
 		t.Fatalf("got %d responses, want 2", len(resps))
 	}

@@ -196,7 +196,7 @@ func TestBrokerKilledMidRun(t *testing.T) {
 	// One distinct response per message (a re-publish after a confirm lost
 	// in the kill keeps its message id).
 	ids := map[string]bool{}
-	for _, d := range h.drain(envelope.ResponseQueue(q), 2*n, 10*time.Second) {
+	for _, d := range h.finalReports(envelope.ResponseQueue(q), 2*n, 10*time.Second) {
 		ids[d.MessageId] = true
 	}
 	if len(ids) != n {

@@ -83,10 +83,10 @@ func TestVaultRestartDuringRun(t *testing.T) {
 			t.Errorf("message %s ran %d times", id, n)
 		}
 	}
-	if got := len(h.drain(envelope.ResponseQueue(q), 2*perPhase, 30*time.Second)); got != 2*perPhase {
+	if got := len(h.finalReports(envelope.ResponseQueue(q), 2*perPhase, 30*time.Second)); got != 2*perPhase {
 		t.Errorf("%s: %d responses, want %d", q, got, 2*perPhase)
 	}
-	if got := len(h.drain(envelope.ResponseQueue(q2), perPhase, 30*time.Second)); got != perPhase {
+	if got := len(h.finalReports(envelope.ResponseQueue(q2), perPhase, 30*time.Second)); got != perPhase {
 		t.Errorf("%s: %d responses, want %d", q2, got, perPhase)
 	}
 	finished := 0

@@ -146,8 +146,10 @@ storage:
 		}
 	}
 	code, out, errOut := runCLI(t, "", "responses", "--amqp", url, "--queue", queue, "--private-key", rkey,
-		"--passphrase-file", rpass, "--count", "2", "--wait", "30s")
-	if code != 0 || strings.Count(out, `"experimentId":"cli-1"`) != 2 || strings.Count(out, `ran rmq_cli_work`) != 2 {
+		"--passphrase-file", rpass, "--count", "6", "--wait", "30s")
+	// Per job: Started, the "stop" log (the output), the final Progress.
+	if code != 0 || strings.Count(out, `"experimentId":"cli-1"`) != 6 || strings.Count(out, `ran rmq_cli_work`) != 2 ||
+		strings.Count(out, `"state":"Success"`) != 2 || strings.Count(out, `"state":"Started"`) != 2 {
 		t.Fatalf("responses: %d\n%s\n%s\nrunner log:\n%s", code, out, errOut, logs)
 	}
 	// A response published twice under one message id (a runner's re-publish

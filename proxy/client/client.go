@@ -34,8 +34,8 @@ var (
 	ErrForbidden    = errors.New("credential is not allowed this path or verb")
 	ErrConflict     = errors.New("secret already exists")
 	// ErrChanged: a Replace found the value deleted or changed under it.
-	ErrChanged = errors.New("secret changed or deleted since it was read")
-	ErrUnavailable  = errors.New("secrets proxy unavailable")
+	ErrChanged     = errors.New("secret changed or deleted since it was read")
+	ErrUnavailable = errors.New("secrets proxy unavailable")
 )
 
 // Error is a non-2xx answer.
