@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 // TestConfigExamples loads every shipped example with its component's real
@@ -109,5 +111,60 @@ func TestConfigCheckErrors(t *testing.T) {
 	}
 	if code, _, _ := runCLI(t, "", "config", "check", filepath.Join(dir, "missing.yaml")); code != exitError {
 		t.Errorf("check of a missing file: exit %d, want 1", code)
+	}
+}
+
+// TestConfigExamplePorts: a proxy and runners run on one host, so no runner
+// example listens where a proxy example does, and the runners meant to run
+// side by side (runner-shared-*) differ from each other.
+func TestConfigExamplePorts(t *testing.T) {
+	files, err := filepath.Glob("../../configs/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := func(f string) (proxy bool, addr string) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			OpsListen string `yaml:"ops_listen"`
+			HTTP      struct {
+				Listen string `yaml:"listen"`
+			} `yaml:"http"`
+		}
+		if err := yaml.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if doc.OpsListen != "" {
+			return true, doc.OpsListen
+		}
+		return false, doc.HTTP.Listen
+	}
+	proxies, runners, shared := map[string]string{}, map[string]string{}, map[string]string{}
+	for _, f := range files {
+		isProxy, addr := listen(f)
+		name := filepath.Base(f)
+		switch {
+		case addr == "":
+		case isProxy:
+			proxies[addr] = name
+		case strings.HasPrefix(name, "runner"):
+			runners[name] = addr
+			if strings.HasPrefix(name, "runner-shared-") {
+				if other, dup := shared[addr]; dup {
+					t.Errorf("%s and %s both listen on %s", name, other, addr)
+				}
+				shared[addr] = name
+			}
+		}
+	}
+	if len(proxies) == 0 || len(runners) < 3 {
+		t.Fatalf("found %d proxy and %d runner listen addresses in configs/", len(proxies), len(runners))
+	}
+	for name, addr := range runners {
+		if p, clash := proxies[addr]; clash {
+			t.Errorf("configs/%s listens on %s, as configs/%s does", name, addr, p)
+		}
 	}
 }
