@@ -52,6 +52,7 @@ FUZZ_TARGETS := \
 	./storage/overlay:FuzzOpen \
 	./storage/config:FuzzDecode \
 	./runner:FuzzDecodeConfig \
+	./runner:FuzzReports \
 	./migrate:FuzzParseK8sSecrets \
 	./migrate:FuzzParseMapping \
 	./migrate:FuzzParseSpec

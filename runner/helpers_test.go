@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"strings"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -9,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"

@@ -124,13 +124,17 @@ func withChannel(t testing.TB, url string, f func(ch *amqp.Channel)) {
 // exclusively by another connection) is named by /readyz; the other queues
 // are consumed throughout.
 func TestOneBadQueueNeverStopsOthers(t *testing.T) {
-	a, b, c, d := fixPrefix+"qa", fixPrefix+"qb", fixPrefix+"qc", fixPrefix+"qd"
+	a, b, c, d, e := fixPrefix+"qa", fixPrefix+"qb", fixPrefix+"qc", fixPrefix+"qd", fixPrefix+"qe"
 	logs := &logBuffer{}
 	var holder *amqp.Connection
-	h := newHarness(t, harnessOpt{queues: []string{a, b, c, d}, logTo: logs, before: func(url string) {
+	h := newHarness(t, harnessOpt{queues: []string{a, b, c, d, e}, logTo: logs, before: func(url string) {
 		withChannel(t, url, func(ch *amqp.Channel) {
 			// As the StudioML client declares it by default.
 			if _, err := ch.QueueDeclare(c, false, false, false, false, nil); err != nil {
+				t.Fatal(err)
+			}
+			// Durable, but without dead-lettering.
+			if _, err := ch.QueueDeclare(e, true, false, false, false, nil); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -150,21 +154,31 @@ func TestOneBadQueueNeverStopsOthers(t *testing.T) {
 	h.publish(a, sealStudio(t, fixSign))
 	h.publish(b, sealStudio(t, fixSign))
 	h.publish(c, sealStudio(t, fixSign))
-	eventually(t, 30*time.Second, "the three consumable queues' messages done", func() bool { return h.count(outcomeDone) == 3 })
+	h.publish(e, sealStudio(t, fixSign))
+	eventually(t, 30*time.Second, "the four consumable queues' messages done", func() bool { return h.count(outcomeDone) == 4 })
 
-	warns := logs.find(t, "exists with other arguments")
-	if len(warns) != 1 || warns[0]["queue"] != c || warns[0]["argument"] != "durable" || warns[0]["level"] != "WARN" {
-		t.Errorf("want one WARN naming queue %s and argument durable, got %v", c, warns)
+	warns := map[string]map[string]any{}
+	for _, w := range logs.find(t, "exists with other arguments") {
+		if w["level"] != "WARN" {
+			t.Errorf("not a WARN: %v", w)
+		}
+		warns[w["queue"].(string)] = w
 	}
-	if s, _ := warns[0]["fix"].(string); !strings.Contains(s, "durable") {
-		t.Errorf("the warning says nothing useful to do: %v", warns[0])
+	if len(warns) != 2 || warns[c]["argument"] != "durable" || warns[e]["argument"] != "x-dead-letter-exchange" {
+		t.Errorf("want WARNs naming %s's durable and %s's x-dead-letter-exchange, got %v", c, e, warns)
+	}
+	if s, _ := warns[c]["fix"].(string); !strings.Contains(s, "durable") {
+		t.Errorf("the warning says nothing useful to do: %v", warns[c])
+	}
+	if s, _ := warns[e]["fix"].(string); !strings.Contains(s, "dead-letter") {
+		t.Errorf("the warning says nothing useful to do: %v", warns[e])
 	}
 	if len(logs.find(t, "broker session ended")) != 0 {
 		t.Error("a bad queue ended the broker session")
 	}
 	code, body := readyz(t, h.r)
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "queue "+d+" not consumed") ||
-		!strings.Contains(body, "exclusively") || strings.Contains(body, c) {
+		!strings.Contains(body, "exclusively") || strings.Contains(body, c) || strings.Contains(body, e) {
 		t.Errorf("/readyz = %d %q, want 503 naming queue %s (exclusive) and only it", code, body, d)
 	}
 }

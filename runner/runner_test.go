@@ -11,6 +11,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/sealrun/sealrun/envelope"
 	"github.com/sealrun/sealrun/secrets"
@@ -39,7 +40,10 @@ func TestHappyPath(t *testing.T) {
 		if err != nil {
 			t.Fatalf("open response: %v", err)
 		}
-		parseStudioML(t, plain) // as a StudioML consumer reads it
+		sm := parseStudioML(t, plain) // as a StudioML consumer reads it
+		if studiomlState(sm) == "Success" {
+			t.Logf("a final report, parsed by protojson against StudioML's reports.proto: %s", protojson.Format(sm.Interface()))
+		}
 		var rep envelope.Report
 		if err := json.Unmarshal(plain, &rep); err != nil {
 			t.Fatal(err)

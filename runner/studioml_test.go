@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sealrun/sealrun/envelope"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -241,4 +242,28 @@ func mustJSON(t testing.TB, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// FuzzReports: whatever a job prints (the experiment's output is untrusted)
+// and however it ends, its reports parse as StudioML reports, and
+// progress.json is valid JSON or absent.
+func FuzzReports(f *testing.F) {
+	f.Add([]byte("{\"a\": 1}\n"), 0, false)
+	f.Add([]byte("\xff\xfe{\"bad utf8\": \"\xff\"}\n[1,2]\n"), 3, true)
+	f.Add([]byte("[\n{"), -1, false)
+	md := studiomlReportDescriptor(f)
+	r := &Runner{cfg: &Config{RunnerID: "r"}}
+	f.Fuzz(func(t *testing.T, out []byte, exit int, timedOut bool) {
+		job := Job{Queue: "q", ID: "id", Request: out}
+		res := &Result{Output: out, ExitStatus: exit, TimedOut: timedOut}
+		for _, rep := range []*envelope.Report{r.startedReport(job), r.stopReport(job, res), r.finalReport(job, res)} {
+			b := mustJSON(t, rep)
+			if err := protojson.Unmarshal(b, dynamicpb.NewMessage(md)); err != nil {
+				t.Fatalf("report %s does not parse as StudioML's: %v", b, err)
+			}
+			if rep.Progress != nil && rep.Progress.JSON != "" && !json.Valid([]byte(rep.Progress.JSON)) {
+				t.Fatalf("progress.json %q is not JSON", rep.Progress.JSON)
+			}
+		}
+	})
 }
