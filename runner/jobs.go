@@ -29,12 +29,12 @@ const (
 // well within this.
 const DefaultClaimLease = 30 * time.Second
 
-// claim is the outcome of claiming a message in the job store.
-type claim int
+// claimResult is the outcome of claiming a message in the job store.
+type claimResult int
 
 const (
 	// claimNew: first time this message is seen; run it.
-	claimNew claim = iota
+	claimNew claimResult = iota
 	// claimTakeover: an unfinished run whose owner is dead (its lease
 	// expired, or it released the claim); run it again.
 	claimTakeover
@@ -48,7 +48,7 @@ const (
 	claimBusy
 )
 
-func (c claim) String() string {
+func (c claimResult) String() string {
 	return [...]string{"new", "takeover", "respond", "finished", "busy"}[c]
 }
 
@@ -97,7 +97,7 @@ var errClaimLost = errors.New("job claim taken over by another runner")
 // is running or awaiting its response under a live owner (not this process)
 // is claimBusy; one whose owner is dead, or is this process without a run
 // in flight (the caller checks that), is taken over with compare-and-set.
-func (j *Jobs) Claim(ctx context.Context, queue, id string, now time.Time) (claim, *Claim, error) {
+func (j *Jobs) Claim(ctx context.Context, queue, id string, now time.Time) (claimResult, *Claim, error) {
 	rec := secrets.JobRecord{MessageID: id, Queue: queue, State: StateRunning, Received: now, Started: now,
 		Owner: j.Owner, LeaseUntil: now.Add(j.lease())}
 	rev, err := j.put(ctx, &rec, driver.PutOptions{IfAbsent: true})
@@ -113,7 +113,7 @@ func (j *Jobs) Claim(ctx context.Context, queue, id string, now time.Time) (clai
 // Reclaim is Claim for a message known to have a record (a copy polling a
 // busy claim): it reads first, so waiting copies add no failing
 // create-if-absent writes to the shared batches.
-func (j *Jobs) Reclaim(ctx context.Context, queue, id string, now time.Time) (claim, *Claim, error) {
+func (j *Jobs) Reclaim(ctx context.Context, queue, id string, now time.Time) (claimResult, *Claim, error) {
 	old := secrets.JobRecord{MessageID: id}
 	rev, err := j.Store.Get(ctx, &old)
 	if storage.Code(err) == driver.NotFound {
@@ -122,7 +122,7 @@ func (j *Jobs) Reclaim(ctx context.Context, queue, id string, now time.Time) (cl
 	if err != nil {
 		return 0, nil, fmt.Errorf("read job %s: %w", id, err)
 	}
-	var outcome claim
+	var outcome claimResult
 	switch {
 	case old.State == StateFinished && !old.Responded.IsZero():
 		return claimFinished, nil, nil
