@@ -350,8 +350,10 @@ storage:
 	d.step("runner on the restored proxy (new state etcd) opens and answers the queued message")
 	d.serve("runner-2.log", runnerHTTP, "runner", "--config", runnerCfg("runner-etcd-2"))
 	resp := d.run(nil, "responses", "--amqp", amqp, "--queue", "drill_jobs", "--private-key", filepath.Join(d.dir, "client/resp/message.pem"),
-		"--passphrase-file", pass, "--count", "1", "--wait", "60s")
-	if !strings.Contains(resp, "ran ") || !strings.Contains(resp, "drill_jobs") {
+		"--passphrase-file", pass, "--count", "3", "--wait", "60s")
+	// A job answers as StudioML's runner does: Started, the log entry, then
+	// the final Success report.
+	if !strings.Contains(resp, `"state":"Success"`) || !strings.Contains(resp, "drill_jobs") {
 		t.Fatalf("response: %s", resp)
 	}
 	d.step("answer: %s", strings.TrimSpace(resp))
