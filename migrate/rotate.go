@@ -43,6 +43,18 @@ type RotateReport struct {
 	Referenced map[string]int `json:"referenced"`
 }
 
+// Merge adds o's counts (another namespace rotated with the same key) to r.
+func (r *RotateReport) Merge(o *RotateReport) {
+	r.Total += o.Total
+	r.Resealed += o.Resealed
+	r.AlreadyCurrent += o.AlreadyCurrent
+	r.Gone += o.Gone
+	r.Failed = append(r.Failed, o.Failed...)
+	for k, n := range o.Referenced {
+		r.Referenced[k] += n
+	}
+}
+
 // Reencrypt re-seals every record under under that is not sealed with
 // ring's current key, with compare-and-set so a concurrent write is never
 // lost (a record written meanwhile is already sealed with the current key,
@@ -201,6 +213,9 @@ func resealBatch(ctx context.Context, under driver.Driver, bg driver.BatchGetter
 // sealed under it already (kid cur: only sealrun writes a kid, and it pins
 // whenever protection asks).
 func resealValue(ov *overlay.Driver, cur string, e driver.Entry) ([]byte, error) {
+	if len(e.Value) == 0 {
+		return nil, nil // a Custodia container record: nothing sealed
+	}
 	kid, err := overlay.KeyID(string(e.Value))
 	if err != nil || kid == cur {
 		return nil, err
@@ -258,6 +273,9 @@ func KeyUsage(ctx context.Context, under driver.Driver) (map[string]int, error) 
 	use := map[string]int{}
 	var mu sync.Mutex
 	tally := func(value []byte) {
+		if len(value) == 0 {
+			return // a Custodia container record: nothing sealed
+		}
 		kid, err := overlay.KeyID(string(value))
 		if err != nil {
 			kid = "(not a sealed value)"

@@ -20,27 +20,13 @@ type Store interface {
 }
 
 // KindContainer is the model kind of a Custodia container marker.
-const KindContainer = "custodia-container"
+const KindContainer = secrets.KindContainer
 
-// Container marks that a Custodia container exists; secret-routed like the
-// values whose names it reveals.
-type Container struct {
-	secrets.Confidential
-	Path string `json:"path"`
-}
+// Container marks that a Custodia container exists.
+type Container = secrets.Container
 
-// Kind implements secrets.Model.
-func (*Container) Kind() string { return KindContainer }
-
-// Key implements secrets.Model.
-func (c *Container) Key() string { return c.Path }
-
-// Registry returns the models the proxy stores: the defaults plus Container.
-func Registry() *secrets.Registry {
-	r := secrets.Default()
-	r.Register(KindContainer, func(k string) secrets.Model { return &Container{Path: k} })
-	return r
-}
+// Registry returns the models the proxy stores (Container is a default).
+func Registry() *secrets.Registry { return secrets.Default() }
 
 // typedPrefix is the reserved top-level container under which typed models
 // are reachable: /secrets/sealrun/<kind>/<key>.

@@ -14,6 +14,7 @@ const (
 	KindAPICredential     = "api-credential"
 	KindHostCreds         = "host-creds"
 	KindRaw               = "raw"
+	KindContainer         = "custodia-container"
 	KindRunnerRecord      = "runner"
 	KindJobRecord         = "job"
 )
@@ -73,6 +74,13 @@ type Raw struct {
 	Value Secret `json:"value"`
 }
 
+// Container marks that a Custodia container exists; secret-routed like the
+// values whose names it reveals.
+type Container struct {
+	Confidential
+	Path string `json:"path"`
+}
+
 // RunnerRecord is plain state about a runner process.
 type RunnerRecord struct {
 	ID            string    `json:"id"`
@@ -129,6 +137,8 @@ func (*HostCreds) Kind() string          { return KindHostCreds }
 func (m *HostCreds) Key() string         { return m.Address }
 func (*Raw) Kind() string                { return KindRaw }
 func (m *Raw) Key() string               { return m.Name }
+func (*Container) Kind() string          { return KindContainer }
+func (m *Container) Key() string         { return m.Path }
 func (*RunnerRecord) Kind() string       { return KindRunnerRecord }
 func (m *RunnerRecord) Key() string      { return m.ID }
 func (*JobRecord) Kind() string          { return KindJobRecord }
@@ -143,6 +153,7 @@ func (m *ResponseKey) LogValue() slog.Value       { return logValue(m) }
 func (m *APICredential) LogValue() slog.Value     { return logValue(m) }
 func (m *HostCreds) LogValue() slog.Value         { return logValue(m) }
 func (m *Raw) LogValue() slog.Value               { return logValue(m) }
+func (m *Container) LogValue() slog.Value         { return logValue(m) }
 func (m *RunnerRecord) LogValue() slog.Value      { return logValue(m) }
 func (m *JobRecord) LogValue() slog.Value         { return logValue(m) }
 
@@ -156,6 +167,7 @@ func Default() *Registry {
 	r.Register(KindAPICredential, func(k string) Model { return &APICredential{ID: k} })
 	r.Register(KindHostCreds, func(k string) Model { return &HostCreds{Address: k} })
 	r.Register(KindRaw, func(k string) Model { return &Raw{Name: k} })
+	r.Register(KindContainer, func(k string) Model { return &Container{Path: k} })
 	r.Register(KindRunnerRecord, func(k string) Model { return &RunnerRecord{ID: k} })
 	r.Register(KindJobRecord, func(k string) Model { return &JobRecord{MessageID: k} })
 	return r

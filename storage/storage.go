@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/custodia"
 	"github.com/sealrun/sealrun/storage/driver"
 )
 
@@ -60,11 +61,16 @@ type Options struct {
 	// Closers are closed after both drivers, in order (e.g. an etcd client,
 	// then the embedded server).
 	Closers []io.Closer
+	// Custodia, if set, holds raw values and containers (the Custodia API's
+	// namespace) in Custodia's own records instead of as JSON models in the
+	// secret driver; values in that older form still read (see custodia.go).
+	Custodia *custodia.Namespace
 }
 
 // Service stores models. It is safe for concurrent use.
 type Service struct {
 	secret, state driver.Driver
+	custodia      *custodia.Namespace
 	reg           *secrets.Registry
 	timeout       time.Duration
 	closers       []io.Closer
@@ -80,7 +86,7 @@ func New(secret, state driver.Driver, opts Options) (*Service, error) {
 	if secret == nil || state == nil {
 		return nil, errors.New("storage: both a secret and a state driver are required")
 	}
-	s := &Service{secret: secret, state: state, reg: opts.Registry, timeout: opts.Timeout, closers: opts.Closers}
+	s := &Service{secret: secret, state: state, custodia: opts.Custodia, reg: opts.Registry, timeout: opts.Timeout, closers: opts.Closers}
 	if s.reg == nil {
 		s.reg = secrets.Default()
 	}
@@ -163,6 +169,9 @@ func (s *Service) Put(ctx context.Context, m secrets.Model, opts driver.PutOptio
 	if err := s.check(m); err != nil {
 		return 0, err
 	}
+	if s.inCustodia(m.Kind()) {
+		return s.custodiaPut(ctx, m, opts)
+	}
 	// The storage codec: JSON, where secrets.Secret encodes its bytes.
 	data, err := json.Marshal(m)
 	if err != nil {
@@ -197,6 +206,12 @@ func (s *Service) batchRoute(op string, ms []secrets.Model) (driver.Driver, stri
 	for i, m := range ms {
 		if err := s.check(m); err != nil {
 			return nil, "", nil, err
+		}
+		if s.inCustodia(m.Kind()) {
+			// Custodia's records may still be in their older form, read
+			// one by one: callers fall back to Put and Get.
+			return nil, "", nil, &Error{Op: op, Kind: m.Kind(), Key: m.Key(), Code: driver.Unknown,
+				Err: fmt.Errorf("custodia namespace: %w", ErrBatchUnsupported)}
 		}
 		md, b, err := s.route(m.Kind())
 		if err != nil {
@@ -323,6 +338,9 @@ func (s *Service) Get(ctx context.Context, m secrets.Model) (int64, error) {
 	if err := s.check(m); err != nil {
 		return 0, err
 	}
+	if s.inCustodia(m.Kind()) {
+		return s.custodiaGet(ctx, m)
+	}
 	key := m.Key()
 	var rev int64
 	err := s.do(ctx, "get", m.Kind(), key, func(ctx context.Context, d driver.Driver, k string) error {
@@ -352,6 +370,9 @@ func decode(m secrets.Model, value []byte) error {
 
 // Delete removes the model of kind with key.
 func (s *Service) Delete(ctx context.Context, kind, key string, opts driver.DeleteOptions) error {
+	if s.inCustodia(kind) {
+		return s.custodiaDelete(ctx, kind, key, opts)
+	}
 	return s.do(ctx, "delete", kind, key, func(ctx context.Context, d driver.Driver, k string) error {
 		return d.Delete(ctx, k, opts)
 	})
@@ -360,6 +381,9 @@ func (s *Service) Delete(ctx context.Context, kind, key string, opts driver.Dele
 // List returns the keys of kind below the directory prefix ("" for all),
 // sorted.
 func (s *Service) List(ctx context.Context, kind, prefix string) ([]string, error) {
+	if s.inCustodia(kind) {
+		return s.custodiaList(ctx, kind, prefix)
+	}
 	var keys []string
 	err := s.do(ctx, "list", kind, prefix, func(ctx context.Context, d driver.Driver, k string) error {
 		full, err := d.List(ctx, k)
@@ -379,6 +403,13 @@ func (s *Service) List(ctx context.Context, kind, prefix string) ([]string, erro
 // wait forever bounds it by Options.Timeout (driver.SetupContext); the
 // stream is bounded only by ctx.
 func (s *Service) Watch(ctx context.Context, kind, prefix string) (<-chan driver.Event, error) {
+	if s.inCustodia(kind) {
+		return s.custodiaWatch(ctx, kind, prefix)
+	}
+	return s.watch(ctx, kind, prefix)
+}
+
+func (s *Service) watch(ctx context.Context, kind, prefix string) (<-chan driver.Event, error) {
 	d, _, err := s.route(kind)
 	if err != nil {
 		return nil, &Error{Op: "watch", Kind: kind, Key: prefix, Code: driver.InvalidKey, Err: err}
@@ -411,6 +442,9 @@ func (s *Service) Watch(ctx context.Context, kind, prefix string) (<-chan driver
 func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		errs := []error{s.secret.Close(), s.state.Close()}
+		if s.custodia != nil {
+			errs = append(errs, s.custodia.Close())
+		}
 		for _, c := range s.closers {
 			errs = append(errs, c.Close())
 		}

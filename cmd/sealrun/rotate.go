@@ -17,6 +17,7 @@ import (
 
 	"github.com/sealrun/sealrun/migrate"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
+	"github.com/sealrun/sealrun/storage/custodia"
 	"github.com/sealrun/sealrun/storage/driver"
 	"github.com/sealrun/sealrun/storage/overlay"
 )
@@ -123,6 +124,13 @@ old_keys once every process has reloaded.`, rotateExamples)
 		return failure(s, fs, err)
 	}
 	defer parts.Close()
+	up, err := migrate.UpgradeCustodia(ctx, parts.Under, parts.Ring, custodia.New(parts.Custodia, parts.Ring, parts.Protection))
+	if err != nil {
+		return failure(s, fs, err)
+	}
+	if up > 0 {
+		fmt.Fprintf(s.out, "rewrote %d Custodia API record(s) from sealrun's older wrapped form into Custodia's own layout\n", up)
+	}
 	bar := newProgress(s.out)
 	start := time.Now()
 	rep, err := migrate.Reencrypt(ctx, parts.Under, parts.Ring, parts.Protection,
@@ -131,6 +139,13 @@ old_keys once every process has reloaded.`, rotateExamples)
 	if err != nil {
 		return failure(s, fs, err)
 	}
+	// The Custodia namespace's records are re-sealed the same way.
+	crep, err := migrate.Reencrypt(ctx, parts.Custodia, parts.Ring, parts.Protection,
+		migrate.RotateOptions{BatchSize: *batch, Concurrency: *concurrency})
+	if err != nil {
+		return failure(s, fs, err)
+	}
+	rep.Merge(crep)
 	fmt.Fprintf(s.out, "re-sealed %d of %d record(s) with key %s in %s (%d already current, %d deleted meanwhile)\n",
 		rep.Resealed, rep.Total, rep.CurrentKey, time.Since(start).Round(time.Millisecond), rep.AlreadyCurrent, rep.Gone)
 	printKeyUsage(s, rep.Referenced)
@@ -172,6 +187,13 @@ func runRotateStatus(ctx context.Context, s stdio, args []string) int {
 	use, err := migrate.KeyUsage(ctx, parts.Under)
 	if err != nil {
 		return failure(s, fs, err)
+	}
+	cuse, err := migrate.KeyUsage(ctx, parts.Custodia)
+	if err != nil {
+		return failure(s, fs, err)
+	}
+	for k, n := range cuse {
+		use[k] += n
 	}
 	fmt.Fprintf(s.out, "current key: %s\n", parts.Ring.CurrentID())
 	printKeyUsage(s, use)

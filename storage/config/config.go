@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/sealrun/sealrun/storage/custodia"
 	"io"
 	"strings"
 	"time"
@@ -37,6 +38,12 @@ type Overlay struct {
 	Store string `yaml:"store"`
 	// Prefix is the etcd prefix for ciphertexts (default "/sealrun/secrets/").
 	Prefix string `yaml:"prefix"`
+	// CustodiaNamespace is the namespace of Custodia's EtcdStore under which
+	// values and containers of the Custodia API are recorded exactly as
+	// Custodia records them, at <namespace>/keys/<container>/<name>
+	// (default "/custodia"; CPD-101 uses "/custodia_commissaire_data").
+	// Typed models stay under Prefix.
+	CustodiaNamespace string `yaml:"custodia_namespace"`
 	// MasterKey is the path of a Custodia-format JWK key file.
 	MasterKey string `yaml:"master_key"`
 	// OldKeys are earlier master key files. They still open values sealed
@@ -188,6 +195,7 @@ func (c *Config) setDefaults() {
 	}
 	if o := c.Secrets.Overlay; o != nil {
 		o.Prefix = orDefault(o.Prefix, "/sealrun/secrets/")
+		o.CustodiaNamespace = orDefault(o.CustodiaNamespace, custodia.DefaultNamespace)
 		o.Enctype = orDefault(o.Enctype, "A256CBC-HS512")
 		o.Protection = orDefault(o.Protection, "pinning")
 	}
@@ -256,6 +264,15 @@ func (c *Config) Validate() error {
 			// Disjoint namespaces are what keeps secrets out of the state backend.
 			if sp := c.State.Etcd.Prefix; strings.HasPrefix(o.Prefix, sp) || strings.HasPrefix(sp, o.Prefix) {
 				return fmt.Errorf("secrets.overlay.prefix %q and state.etcd.prefix %q overlap; they must be disjoint", o.Prefix, sp)
+			}
+			cp := custodia.Prefix(o.CustodiaNamespace)
+			if !strings.HasPrefix(o.CustodiaNamespace, "/") || strings.Contains(o.CustodiaNamespace, "//") {
+				return fmt.Errorf("secrets.overlay.custodia_namespace %q: want an absolute etcd path such as /custodia_commissaire_data", o.CustodiaNamespace)
+			}
+			for what, p := range map[string]string{"secrets.overlay.prefix": o.Prefix, "state.etcd.prefix": c.State.Etcd.Prefix} {
+				if strings.HasPrefix(cp, p) || strings.HasPrefix(p, cp) {
+					return fmt.Errorf("secrets.overlay.custodia_namespace %q and %s %q overlap; they must be disjoint", o.CustodiaNamespace, what, p)
+				}
 			}
 		case "memory":
 		default:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/sealrun/sealrun/storage/custodia"
 	"github.com/sealrun/sealrun/storage/driver"
 	"github.com/sealrun/sealrun/storage/etcd"
 	"github.com/sealrun/sealrun/storage/overlay"
@@ -37,7 +38,10 @@ func LoadKeyRing(o *Overlay) (*overlay.KeyRing, error) {
 // that work on the ciphertexts themselves (sealrun rotate master-key).
 type OverlayParts struct {
 	// Under holds the ciphertexts (the etcd driver under the overlay prefix).
-	Under      driver.Driver
+	Under driver.Driver
+	// Custodia holds the Custodia API's values and containers in Custodia's
+	// own records (the etcd driver under the Custodia namespace's keys/).
+	Custodia   driver.Driver
 	Ring       *overlay.KeyRing
 	Protection overlay.Protection
 	closers    []io.Closer
@@ -72,6 +76,7 @@ func OpenOverlayParts(ctx context.Context, c *Config) (*OverlayParts, error) {
 		return nil, err
 	}
 	p.Under, p.Ring = etcd.New(client, o.Prefix), ring
+	p.Custodia = etcd.New(client, custodia.Prefix(o.CustodiaNamespace))
 	p.Protection, _ = overlay.ParseProtection(o.Protection) // validated
 	return p, nil
 }

@@ -54,14 +54,15 @@ func TestOldKeysStillOpen(t *testing.T) {
 	ov := overlay.New(parts.Under, parts.Ring, parts.Protection)
 	defer func() { _ = parts.Close() }() // on a failure below
 	for name, kid := range map[string]string{"before": parts.Ring.IDs()[0], "after": "k2"} {
-		e, err := parts.Under.Get(t.Context(), "raw/"+name)
+		// Custodia API values are in Custodia's own records.
+		e, err := parts.Custodia.Get(t.Context(), name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got, _ := overlay.KeyID(string(e.Value)); got != kid && name == "after" {
 			t.Fatalf("%s sealed with %q, want %q", name, got, kid)
 		}
-		if _, _, err := ov.Open("raw/"+name, string(e.Value)); err != nil {
+		if _, _, err := ov.Open(name, string(e.Value)); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}

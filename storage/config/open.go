@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sealrun/sealrun/storage"
+	"github.com/sealrun/sealrun/storage/custodia"
 	"github.com/sealrun/sealrun/storage/driver"
 	"github.com/sealrun/sealrun/storage/etcd"
 	"github.com/sealrun/sealrun/storage/etcd/embedded"
@@ -68,11 +69,13 @@ func OpenWith(ctx context.Context, c *Config, opts storage.Options) (_ *storage.
 			return nil, err
 		}
 		prot, _ := overlay.ParseProtection(o.Protection) // validated
-		var under driver.Driver = memory.New()
+		var under, custodiaUnder driver.Driver = memory.New(), memory.New()
 		if o.Store == "etcd" {
 			under = etcd.New(client, o.Prefix)
+			custodiaUnder = etcd.New(client, custodia.Prefix(o.CustodiaNamespace))
 		}
 		secret = overlay.New(under, ring, prot)
+		opts.Custodia = custodia.New(custodiaUnder, ring, prot)
 	case "vault":
 		v := c.Secrets.Vault
 		vc, session, err := connectVault(ctx, v, opts.Metrics)
