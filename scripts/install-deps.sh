@@ -7,7 +7,10 @@ set -euo pipefail
 # and openssh-client make key files the way operators do (spec §4).
 # rabbitmq-server is the real broker the runner tests start a private node of.
 # systemd provides systemd-analyze, which verifies and scores deploy/systemd.
-PKGS=(python3 python3-nacl python3-pycryptodome openssl openssh-client rabbitmq-server systemd)
+# custodia (the real Custodia 0.6 server and custodia-cli), python3-custodia
+# and python3-jwcrypto (Custodia's JWE reader) are the peer of the Custodia
+# interop tests (internal/testenv/custodia.go).
+PKGS=(python3 python3-nacl python3-pycryptodome openssl openssh-client rabbitmq-server systemd custodia python3-custodia python3-jwcrypto sqlite3)
 
 missing=()
 for p in "${PKGS[@]}"; do
