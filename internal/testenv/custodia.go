@@ -40,7 +40,7 @@ type CustodiaServer struct {
 	MasterKey string
 	// ID and Key are the API credential (a row custodiaSAK/<ID> = Key in the
 	// plain store, as SimpleAuthKeys keeps them).
-	ID, Key              string
+	ID, Key             string
 	IDHeader, KeyHeader string
 
 	cmd    *exec.Cmd
