@@ -57,6 +57,10 @@ func (p *ProxyStore) Put(ctx context.Context, m secrets.Model, o driver.PutOptio
 	if !o.IfAbsent {
 		return 0, fmt.Errorf("put %s/%s: %w", m.Kind(), m.Key(), errNoUpdate)
 	}
+	if m.Kind() == secrets.KindContainer {
+		// The API's own containers, not a typed model.
+		return 1, p.createContainers(ctx, strings.Split(m.Key(), "/"), true)
+	}
 	var value []byte
 	name := proxyName(m.Kind(), m.Key())
 	if raw, ok := m.(*secrets.Raw); ok {
@@ -70,18 +74,38 @@ func (p *ProxyStore) Put(ctx context.Context, m secrets.Model, o driver.PutOptio
 	}
 	// Custodia needs every container a name lives in; "exists" is fine.
 	parts := strings.Split(name, "/")
-	for i := 1; i < len(parts); i++ {
-		if err := p.Client.CreateContainer(ctx, strings.Join(parts[:i], "/")); err != nil && !errors.Is(err, client.ErrConflict) {
-			return 0, fmt.Errorf("create container %s: %w", strings.Join(parts[:i], "/"), err)
-		}
+	if err := p.createContainers(ctx, parts[:len(parts)-1], false); err != nil {
+		return 0, err
 	}
 	// A lost or unconfirmed answer stays an error here: Apply reads the
 	// value back to learn whether the write made it.
 	return 1, mapErr(p.Client.Put(ctx, name, value))
 }
 
+// createContainers creates each container along parts; with last, the
+// full path must be new (a conflict there is the caller's).
+func (p *ProxyStore) createContainers(ctx context.Context, parts []string, last bool) error {
+	for i := 1; i <= len(parts); i++ {
+		name := strings.Join(parts[:i], "/")
+		err := p.Client.CreateContainer(ctx, name)
+		if errors.Is(err, client.ErrConflict) && (!last || i < len(parts)) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("create container %s: %w", name, mapErr(err))
+		}
+	}
+	return nil
+}
+
 // Get implements Store; revisions are always 1 (the API has none).
 func (p *ProxyStore) Get(ctx context.Context, m secrets.Model) (int64, error) {
+	if m.Kind() == secrets.KindContainer {
+		if _, err := p.Client.List(ctx, m.Key()); err != nil {
+			return 0, mapErr(err)
+		}
+		return 1, nil
+	}
 	v, err := p.Client.GetFresh(ctx, proxyName(m.Kind(), m.Key()))
 	if err != nil {
 		return 0, mapErr(err)
@@ -104,6 +128,19 @@ func (p *ProxyStore) Delete(ctx context.Context, kind, key string, _ driver.Dele
 // List implements Store.
 func (p *ProxyStore) List(ctx context.Context, kind, _ string) ([]string, error) {
 	base := ""
+	if kind == secrets.KindContainer {
+		names, err := p.Client.List(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, n := range names {
+			if c, ok := strings.CutSuffix(n, "/"); ok && c != "sealrun" && !strings.HasPrefix(c, "sealrun/") {
+				out = append(out, c)
+			}
+		}
+		return out, nil
+	}
 	if kind != secrets.KindRaw {
 		base = path.Join("sealrun", kind)
 	}

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"strings"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/sealrun/sealrun/proxy/client"
 	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/driver"
 )
 
 // CustodiaSource reads every value from a running Custodia server (or a
@@ -23,6 +25,10 @@ type CustodiaSource struct {
 	Client *client.Client
 	// Registry decodes typed models; nil means secrets.Default().
 	Registry *secrets.Registry
+	// Containers are the containers to walk, recursively ("a", "b/c"); none
+	// means the whole tree from /secrets/ (a sealrun proxy only: Custodia
+	// refuses that listing).
+	Containers []string
 }
 
 // custodiaAuth is the --source-auth (or --to-auth) file: the API id and key
@@ -37,12 +43,51 @@ type custodiaAuth struct {
 }
 
 // OpenCustodiaSource connects to socket with the credentials in authFile.
-func OpenCustodiaSource(socket, authFile string) (*CustodiaSource, error) {
+func OpenCustodiaSource(socket, authFile string, containers []string) (*CustodiaSource, error) {
 	c, err := dialCustodia(socket, authFile)
 	if err != nil {
 		return nil, fmt.Errorf("custodia source: %w", err)
 	}
-	return &CustodiaSource{Client: c}, nil
+	for _, ct := range containers {
+		if err := driver.ValidateKey(ct); err != nil {
+			return nil, fmt.Errorf("custodia source: container %q: %w", ct, err)
+		}
+	}
+	return &CustodiaSource{Client: c, Containers: containers}, nil
+}
+
+// ParseContainers parses --containers: "a,b/c", or "@FILE" with one
+// container per line ("#" comments and blank lines ignored). Slashes around
+// a name are dropped ("/secrets/a/" is not accepted: name the container).
+func ParseContainers(s string) ([]string, error) {
+	var parts []string
+	if file, ok := strings.CutPrefix(s, "@"); ok {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--containers: %w", err)
+		}
+		parts = strings.Split(string(data), "\n")
+	} else {
+		parts = strings.Split(s, ",")
+	}
+	var out []string
+	for _, p := range parts {
+		p = strings.Trim(strings.TrimSpace(p), "/")
+		if p == "" || strings.HasPrefix(p, "#") {
+			continue
+		}
+		if strings.HasPrefix(p, "secrets/") {
+			return nil, fmt.Errorf("--containers: %q: name the container relative to /secrets/ (e.g. %q)", p, strings.TrimPrefix(p, "secrets/"))
+		}
+		if err := driver.ValidateKey(p); err != nil {
+			return nil, fmt.Errorf("--containers: %q: %w", p, err)
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--containers: no container named")
+	}
+	return out, nil
 }
 
 // OpenProxyStore connects to a proxy (or Custodia) as a destination, with
@@ -75,35 +120,102 @@ func dialCustodia(socket, authFile string) (*client.Client, error) {
 	return client.New(client.Config{Socket: socket, ID: a.ID, Key: a.Key, IDHeader: a.IDHeader, KeyHeader: a.KeyHeader})
 }
 
-// Items implements Source.
+// Items implements Source. With Containers it walks each named container
+// (Custodia lists a container's whole subtree, sub-containers as "sub/");
+// without, it lists /secrets/, which a sealrun proxy allows and Custodia 0.6
+// refuses. Containers, empty ones included, are items too, so the
+// destination gets them back.
 func (c *CustodiaSource) Items(ctx context.Context) ([]Item, error) {
 	reg := c.Registry
 	if reg == nil {
 		reg = secrets.Default()
 	}
-	names, err := c.Client.List(ctx, "")
-	if err != nil {
-		return nil, fmt.Errorf("custodia source: list /secrets/: %w", err)
+	roots := c.Containers
+	if len(roots) == 0 {
+		roots = []string{""}
 	}
+	seen := map[string]bool{}
 	var items []Item
-	for _, name := range names {
-		if strings.HasSuffix(name, "/") {
-			continue // a container: recreated from the names below it
+	addContainer := func(p string) {
+		if p == "sealrun" || strings.HasPrefix(p, "sealrun/") {
+			return // a sealrun proxy's typed models: not the API's containers
 		}
-		v, err := c.Client.GetFresh(ctx, name)
-		if errors.Is(err, client.ErrNotFound) {
-			continue // deleted since the listing
+		// A container's parents exist at the source too: Custodia creates none
+		// implicitly.
+		parts := strings.Split(p, "/")
+		for i := 1; i <= len(parts); i++ {
+			name := strings.Join(parts[:i], "/")
+			if !seen[name+"/"] {
+				seen[name+"/"] = true
+				items = append(items, Item{Kind: secrets.KindContainer, Key: name, Origin: "custodia /secrets/" + name + "/",
+					Model: &secrets.Container{Path: name}})
+			}
 		}
+	}
+	for _, root := range roots {
+		names, err := c.Client.List(ctx, root)
 		if err != nil {
-			return nil, fmt.Errorf("custodia source: get %s: %w", name, err)
+			return nil, custodiaError("list /secrets/"+root+pathSlash(root), err, root == "")
 		}
-		items = append(items, c.item(reg, name, v))
+		if root != "" {
+			addContainer(root)
+		}
+		for _, rel := range names {
+			name := path.Join(root, rel)
+			if strings.HasSuffix(rel, "/") {
+				addContainer(name)
+				continue
+			}
+			if seen[name] {
+				continue // also below another container named
+			}
+			seen[name] = true
+			v, err := c.Client.GetFresh(ctx, name)
+			if errors.Is(err, client.ErrNotFound) {
+				continue // deleted since the listing
+			}
+			if err != nil {
+				return nil, custodiaError("get /secrets/"+name, err, false)
+			}
+			items = append(items, custodiaItem(reg, "custodia /secrets/"+name, name, v))
+		}
 	}
 	return items, nil
 }
 
-func (c *CustodiaSource) item(reg *secrets.Registry, name string, v []byte) Item {
-	origin := "custodia /secrets/" + name
+func pathSlash(p string) string {
+	if p == "" {
+		return ""
+	}
+	return "/"
+}
+
+// custodiaError names Custodia and says what to do, without the client's
+// "secrets proxy" wording, which would mislead here.
+func custodiaError(what string, err error, root bool) error {
+	var ce *client.Error
+	if !errors.As(err, &ce) {
+		return fmt.Errorf("custodia source: %s: %w", what, err)
+	}
+	hint := ""
+	switch {
+	case ce.Status == 403 && root:
+		hint = "; Custodia refuses listing /secrets/ itself: name the containers to walk with --containers a,b/c (or --containers @FILE)"
+	case ce.Status == 403:
+		hint = "; check the id, key and header names in --source-auth, and that Custodia's authz allows them this path"
+	case ce.Status == 404:
+		hint = "; no such container at the source (check --containers)"
+	}
+	msg := fmt.Sprintf("custodia source: Custodia answered %d to %s%s", ce.Status, what, hint)
+	if kind := errors.Unwrap(ce); kind != nil {
+		return fmt.Errorf("%s: %w", msg, kind)
+	}
+	return errors.New(msg)
+}
+
+// custodiaItem is the item for a value Custodia holds under name: a raw
+// secret, or the typed model a sealrun proxy stores as sealrun/<kind>/<key>.
+func custodiaItem(reg *secrets.Registry, origin, name string, v []byte) Item {
 	if rest, ok := strings.CutPrefix(name, "sealrun/"); ok {
 		if kind, key, ok := strings.Cut(rest, "/"); ok {
 			it := Item{Kind: kind, Key: key, Origin: origin}
@@ -125,7 +237,11 @@ func (c *CustodiaSource) item(reg *secrets.Registry, name string, v []byte) Item
 
 // DeleteItem implements Deleter. The Custodia API has no conditional
 // delete; the value was verified in the destination just before.
+// Containers are left at the source: values below them may remain.
 func (c *CustodiaSource) DeleteItem(ctx context.Context, it Item) error {
+	if it.Kind == secrets.KindContainer {
+		return nil
+	}
 	return c.Client.Delete(ctx, strings.TrimPrefix(it.Origin, "custodia /secrets/"))
 }
 

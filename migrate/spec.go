@@ -48,7 +48,12 @@ const SpecHelp = `  dir:PATH            StudioML Kubernetes mount layout: PATH/m
                       patterns to kinds (default: every key a raw secret of the same name)
   custodia:SOCKET     a running Custodia (or sealrun proxy) on a unix socket; --source-auth FILE
                       holds "id: ..." and "key: ...", and "id_header: ..." and "key_header: ..."
-                      if the server renamed CUSTODIA_AUTH_ID or CUSTODIA_AUTH_KEY (e.g. CUSTODIA_KEY_ID)
+                      if the server renamed CUSTODIA_AUTH_ID or CUSTODIA_AUTH_KEY (e.g. CUSTODIA_KEY_ID);
+                      --containers a,b/c (or @FILE, one a line) names the containers to walk,
+                      sub-containers included (required for Custodia, which refuses listing /secrets/)
+  custodia-store:CONFIG  Custodia's own store, read directly: CONFIG is Custodia's config file
+                      (custodia.conf); its SqliteStore file and EncryptedOverlay master key are
+                      read from it, and every value and container is found without listing
   vault:MOUNT/PATH    Vault KV v1 or v2 (auto-detected) under PATH; VAULT_ADDR and VAULT_TOKEN
   overlay:CONFIG      another sealrun store (storage or proxy config), e.g. overlay to Vault`
 
@@ -56,11 +61,11 @@ const SpecHelp = `  dir:PATH            StudioML Kubernetes mount layout: PATH/m
 func ParseSpec(s string) (Spec, error) {
 	scheme, rest, ok := strings.Cut(s, ":")
 	if !ok || rest == "" {
-		return Spec{}, fmt.Errorf("source %q: want SCHEME:ARG (dir:, k8s:, etcd:, custodia:, vault: or overlay:)", s)
+		return Spec{}, fmt.Errorf("source %q: want SCHEME:ARG (dir:, k8s:, etcd:, custodia:, custodia-store:, vault: or overlay:)", s)
 	}
 	sp := Spec{Scheme: scheme}
 	switch scheme {
-	case "dir", "k8s", "custodia", "overlay":
+	case "dir", "k8s", "custodia", "custodia-store", "overlay":
 		sp.Path = rest
 	case "etcd":
 		eps, prefix, err := splitEtcd(rest)
@@ -75,7 +80,7 @@ func ParseSpec(s string) (Spec, error) {
 		}
 		sp.Mount, sp.Path = mount, strings.Trim(p, "/")
 	default:
-		return Spec{}, fmt.Errorf("source %q: unknown scheme %q (want dir, k8s, etcd, custodia, vault or overlay)", s, scheme)
+		return Spec{}, fmt.Errorf("source %q: unknown scheme %q (want dir, k8s, etcd, custodia, custodia-store, vault or overlay)", s, scheme)
 	}
 	if strings.ContainsRune(s, 0) {
 		return Spec{}, fmt.Errorf("source spec contains a NUL byte")
@@ -118,6 +123,9 @@ type SourceOptions struct {
 	// AuthFile holds credentials for custodia ("id:" and "key:", and
 	// "id_header:" and "key_header:" if renamed).
 	AuthFile string
+	// Containers are the containers a custodia source walks (nil: all,
+	// from /secrets/, which only a sealrun proxy allows).
+	Containers []string
 	// OpenStore opens a sealrun store from a config path (overlay).
 	OpenStore func(ctx context.Context, path string) (*storage.Service, error)
 }
@@ -135,7 +143,9 @@ func OpenSource(ctx context.Context, sp Spec, o SourceOptions) (Source, error) {
 	case "etcd":
 		return OpenEtcdSource(ctx, sp.Endpoints, sp.Prefix, o.Mapping)
 	case "custodia":
-		return OpenCustodiaSource(sp.Path, o.AuthFile)
+		return OpenCustodiaSource(sp.Path, o.AuthFile, o.Containers)
+	case "custodia-store":
+		return OpenCustodiaStoreSource(sp.Path)
 	case "vault":
 		return OpenVaultSource(ctx, sp.Mount, sp.Path, o.Mapping)
 	case "overlay":

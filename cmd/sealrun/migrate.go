@@ -71,12 +71,15 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
   #     - {match: '^(.+)$', kind: raw, encoding: raw}
 
   # a running Custodia, Vault KV, or another sealrun store:
-  sealrun migrate --from custodia:/run/custodia/custodia.sock --source-auth custodia-auth.yaml --to storage.yaml
+  sealrun migrate --from custodia:/run/custodia/custodia.sock --source-auth custodia-auth.yaml \
+      --containers app1,app2/db --to storage.yaml
   #   custodia-auth.yaml (the headers only if the deployment renamed them):
   #   id: migrate
   #   key: <the API key>
   #   id_header: CUSTODIA_AUTH_ID
   #   key_header: CUSTODIA_KEY_ID
+  # Custodia's own store, read directly (SqliteStore + master key from its config):
+  sealrun migrate --from custodia-store:/etc/custodia/custodia.conf --to storage.yaml --dry-run
   VAULT_ADDR=https://vault:8200 VAULT_TOKEN=... sealrun migrate --from vault:secret/studioml --to storage.yaml
   sealrun migrate --from overlay:old-storage.yaml --to vault-storage.yaml
 
@@ -91,6 +94,7 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
 	deleteSource := fs.Bool("delete-source", false, "delete each item from the source once verified (etcd, custodia, overlay sources)")
 	reportPath := fs.String("report", "", "write a JSON report (counts and per-item results, no values) to FILE")
 	mappingPath := fs.String("mapping", "", "YAML mapping of names to kinds (etcd and vault sources)")
+	containers := fs.String("containers", "", "containers a custodia source walks, sub-containers included: a,b/c or @FILE (one a line); Custodia refuses listing /secrets/, so name them")
 	sourceAuth := fs.String("source-auth", "", "YAML file with id: and key: (and id_header:, key_header: if the server renamed them) for a custodia source")
 	keyID := fs.String("key-id", migrate.DefaultKeyID, "key id for the StudioML message key pair (dir and k8s sources)")
 	concurrency := fs.Int("concurrency", 8, "reads, and writes or write batches, in flight")
@@ -113,6 +117,14 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
 		return usageError(s, fs, "--delete-source needs --verify: a source item is only deleted once its copy is verified")
 	}
 	so := migrate.SourceOptions{KeyID: *keyID, AuthFile: *sourceAuth, OpenStore: openMigrateStore}
+	if *containers != "" {
+		if spec.Scheme != "custodia" {
+			return usageError(s, fs, "--containers is for a custodia: source")
+		}
+		if so.Containers, err = migrate.ParseContainers(*containers); err != nil {
+			return usageError(s, fs, "%v", err)
+		}
+	}
 	if *mappingPath != "" {
 		if so.Mapping, err = migrate.LoadMapping(*mappingPath); err != nil {
 			return failure(s, fs, err)
