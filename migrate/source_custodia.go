@@ -207,6 +207,9 @@ func custodiaError(what string, err error, root bool) error {
 		hint = "; no such container at the source (check --containers)"
 	}
 	msg := fmt.Sprintf("custodia source: Custodia answered %d to %s%s", ce.Status, what, hint)
+	if body := strings.TrimSpace(ce.Msg); body != "" && len(body) < 300 && !strings.Contains(body, "<") {
+		msg += " (it said: " + body + ")" // an error text, never a value; not an HTML page
+	}
 	if kind := errors.Unwrap(ce); kind != nil {
 		return fmt.Errorf("%s: %w", msg, kind)
 	}
