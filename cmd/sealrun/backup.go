@@ -15,6 +15,7 @@ import (
 
 	"github.com/sealrun/sealrun/backup"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
+	"github.com/sealrun/sealrun/storage/custodia"
 	"github.com/sealrun/sealrun/storage/kek"
 )
 
@@ -234,6 +235,10 @@ func storePrefixes(cfg *storageconfig.Config) (backup.Prefixes, error) {
 	if o := cfg.Secrets.Overlay; cfg.Secrets.Backend == "overlay" && o.Store == "etcd" {
 		p.All = append(p.All, o.Prefix)
 		p.Sealed = append(p.Sealed, o.Prefix)
+		// The Custodia API's values and containers, in Custodia's records:
+		// values are sealed, but a container is an empty record, so the
+		// prefix is not checked as sealed.
+		p.All = append(p.All, custodia.Prefix(o.CustodiaNamespace))
 		if o.Transit != nil {
 			p.All = append(p.All, o.Transit.DEKPrefix)
 			p.Sealed = append(p.Sealed, o.Transit.DEKPrefix)
