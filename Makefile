@@ -55,7 +55,9 @@ FUZZ_TARGETS := \
 	./runner:FuzzReports \
 	./migrate:FuzzParseK8sSecrets \
 	./migrate:FuzzParseMapping \
-	./migrate:FuzzParseSpec
+	./migrate:FuzzParseSpec \
+	./migrate:FuzzParseContainers \
+	./migrate:FuzzCustodiaStoreConfig
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

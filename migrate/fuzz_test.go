@@ -1,9 +1,13 @@
 package migrate
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/sealrun/sealrun/storage/driver"
 )
 
 // FuzzParseK8sSecrets: kubectl output is untrusted input; parsing must not
@@ -89,6 +93,72 @@ func TestParseSpec(t *testing.T) {
 	for _, bad := range []string{"", "dir:", "etcd:host:2379", "nfs:/x", "vault:/", "etcd:,/p"} {
 		if _, err := ParseSpec(bad); err == nil {
 			t.Errorf("ParseSpec(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzParseContainers: --containers is user input; what it accepts are
+// valid storage keys without surrounding slashes, and it round-trips.
+func FuzzParseContainers(f *testing.F) {
+	for _, s := range []string{"a,b/c", "/app/,x", "secrets/a", ",", "a//b", "a/../b", "a\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if strings.HasPrefix(s, "@") {
+			return // a file name
+		}
+		got, err := ParseContainers(s)
+		if err != nil {
+			return
+		}
+		for _, c := range got {
+			if err := driver.ValidateKey(c); err != nil || strings.HasPrefix(c, "/") || strings.HasSuffix(c, "/") || strings.Contains(c, ",") {
+				t.Fatalf("%q accepted container %q: %v", s, c, err)
+			}
+		}
+		again, err := ParseContainers(strings.Join(got, ","))
+		if err != nil || !reflect.DeepEqual(got, again) {
+			t.Fatalf("%q: %v does not round-trip: %v %v", s, got, again, err)
+		}
+	})
+}
+
+// FuzzCustodiaStoreConfig: Custodia's config file is read from disk; any
+// content gives a source or a clear error naming the file, never a panic.
+func FuzzCustodiaStoreConfig(f *testing.F) {
+	for _, s := range []string{"[store:p]\nhandler = SqliteStore\ndburi = ${configdir}/db\n[/secrets]\nhandler = Secrets\nstore = p\n",
+		"[/secrets]\nhandler = Secrets\nstore = e\n[store:e]\nhandler = EncryptedOverlay\nbacking_store = e\n", "${", "[a]\nx = ${a:x}\n"} {
+		f.Add(s)
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, s string) {
+		p := filepath.Join(dir, "custodia.conf")
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		src, err := OpenCustodiaStoreSource(p)
+		if err == nil {
+			src.Close()
+			return
+		}
+		if !strings.Contains(err.Error(), "custodia-store source "+p) {
+			t.Fatalf("error does not name the config file: %v", err)
+		}
+	})
+}
+
+func TestParseContainers(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "containers.txt")
+	os.WriteFile(file, []byte("# walked by migrate\napp\n\n /b/c/ \n"), 0o600)
+	for in, want := range map[string][]string{"a,b/c": {"a", "b/c"}, " /app/ ,x": {"app", "x"}, "@" + file: {"app", "b/c"}} {
+		if got, err := ParseContainers(in); err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("ParseContainers(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for in, msg := range map[string]string{",": "no container named", "secrets/a": `relative to /secrets/ (e.g. "a")`,
+		"a,@b": "a leading @ names a file", "@" + file + ".missing": "no such file", "a/../b": "--containers"} {
+		if _, err := ParseContainers(in); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("ParseContainers(%q): %v, want an error saying %q", in, err, msg)
 		}
 	}
 }

@@ -72,9 +72,12 @@ func ParseContainers(s string) ([]string, error) {
 	}
 	var out []string
 	for _, p := range parts {
-		p = strings.Trim(strings.TrimSpace(p), "/")
+		p = strings.Trim(p, "/ \t\r\n\v\f") // both, in any order: " /a/ " is a
 		if p == "" || strings.HasPrefix(p, "#") {
 			continue
+		}
+		if strings.HasPrefix(p, "@") {
+			return nil, fmt.Errorf("--containers: %q: a leading @ names a file; a container cannot start with @ here", p)
 		}
 		if strings.HasPrefix(p, "secrets/") {
 			return nil, fmt.Errorf("--containers: %q: name the container relative to /secrets/ (e.g. %q)", p, strings.TrimPrefix(p, "secrets/"))
