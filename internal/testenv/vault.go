@@ -58,8 +58,8 @@ var shared struct {
 	err    error
 }
 
-// Main runs a test package's tests and then stops the Vault dev server its
-// tests shared. Use it as TestMain in packages that call Vault:
+// Main runs a test package's tests and then stops the Vault dev server and
+// the etcd cluster its tests shared. Use it as TestMain in packages that call Vault:
 //
 //	func TestMain(m *testing.M) { testenv.Main(m) }
 func Main(m *testing.M) {
@@ -72,6 +72,7 @@ func Main(m *testing.M) {
 		shared.srv.stop()
 	}
 	shared.Unlock()
+	stopSharedEtcd()
 	os.Exit(code)
 }
 
