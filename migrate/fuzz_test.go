@@ -83,6 +83,7 @@ func TestParseSpec(t *testing.T) {
 		{"dir:/etc/studioml", Spec{Scheme: "dir", Path: "/etc/studioml"}},
 		{"etcd:10.0.0.1:2379,10.0.0.2:2379/custodia/keys/", Spec{Scheme: "etcd", Endpoints: []string{"10.0.0.1:2379", "10.0.0.2:2379"}, Prefix: "/custodia/keys/"}},
 		{"etcd:https://h:2379/p", Spec{Scheme: "etcd", Endpoints: []string{"https://h:2379"}, Prefix: "/p"}},
+		{"etcd:/custodia/keys/", Spec{Scheme: "etcd", Prefix: "/custodia/keys/"}}, // ETCDCTL_ENDPOINTS
 		{"vault:secret/studioml/keys", Spec{Scheme: "vault", Mount: "secret", Path: "studioml/keys"}},
 	} {
 		got, err := ParseSpec(c.in)

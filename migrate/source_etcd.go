@@ -3,11 +3,15 @@ package migrate
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.uber.org/zap"
+
+	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
 
 // EtcdSource reads plain (unencrypted) values under a prefix of an etcd v3
@@ -20,9 +24,29 @@ type EtcdSource struct {
 	owned   bool
 }
 
-// OpenEtcdSource dials endpoints.
+// OpenEtcdSource dials endpoints; none means the cluster etcdctl's
+// environment names (ETCDCTL_ENDPOINTS, and its TLS variables).
 func OpenEtcdSource(ctx context.Context, endpoints []string, prefix string, m *Mapping) (*EtcdSource, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Context: ctx})
+	cfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Context: ctx}
+	if len(endpoints) == 0 {
+		env, err := storageconfig.EtcdFromEnv(os.LookupEnv)
+		if err != nil {
+			return nil, fmt.Errorf("etcd source: %w", err)
+		}
+		if env.Endpoints == nil {
+			return nil, fmt.Errorf("etcd source etcd:%s names no endpoints and ETCDCTL_ENDPOINTS is unset: write etcd:HOST:2379,HOST2:2379%s or set ETCDCTL_ENDPOINTS", prefix, prefix)
+		}
+		cfg.Endpoints = env.Endpoints
+		if t := env.TLS; t != nil {
+			tc, err := transport.TLSInfo{TrustedCAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}.ClientConfig()
+			if err != nil {
+				return nil, fmt.Errorf("etcd source: ETCDCTL_CACERT/CERT/KEY: %w", err)
+			}
+			cfg.TLS = tc
+		}
+		endpoints = env.Endpoints
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd source: connect to %v: %w", endpoints, err)
 	}

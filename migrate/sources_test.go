@@ -343,3 +343,46 @@ func TestVaultSource(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// "etcd:/PREFIX/" reads the cluster ETCDCTL_ENDPOINTS names, here a real
+// 3-member cluster with its first listed member dead.
+func TestEtcdSourceOnClusterFromEnv(t *testing.T) {
+	c := testenv.SharedEtcdCluster(t)
+	ctx := t.Context()
+	if _, err := c.Client(t).Put(ctx, "/legacy-env/hosts/a", "hunter2-long-enough"); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ETCDCTL_ENDPOINTS", strings.Join(c.Endpoints, ","))
+	c.Kill(0)
+	sp, err := ParseSpec("etcd:/legacy-env/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := OpenSource(ctx, sp, SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	d := destOn(t, testenv.Etcd(t), "/sealrun/secrets/", "/sealrun/state/", newKeyT(t, "new"))
+	if rep := mustRun(t, src, d, opts(sp.String())); rep.Counts[ResultCreated] != 1 || rep.Failed != 0 {
+		t.Fatalf("etcd from env: %s %+v", rep.Summary(), rep.Failures())
+	}
+	raw := &secrets.Raw{Name: "hosts/a"}
+	if _, err := d.Get(ctx, raw); err != nil || string(raw.Value) != "hunter2-long-enough" {
+		t.Fatalf("raw: %v", err)
+	}
+}
+
+// "etcd:/PREFIX/" without ETCDCTL_ENDPOINTS says how to name the cluster.
+func TestEtcdSourceNoEndpoints(t *testing.T) {
+	t.Setenv("ETCDCTL_ENDPOINTS", "")
+	sp, err := ParseSpec("etcd:/legacy/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = OpenSource(t.Context(), sp, SourceOptions{})
+	if err == nil || !strings.Contains(err.Error(), "ETCDCTL_ENDPOINTS is unset") {
+		t.Fatalf("got %v", err)
+	}
+	t.Logf("user sees: %v", err)
+}

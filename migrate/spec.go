@@ -44,7 +44,8 @@ const SpecHelp = `  dir:PATH            StudioML Kubernetes mount layout: PATH/m
                       PATH/queues/response-encrypt/<prefix> (..data symlinks and "info" skipped)
   k8s:FILE            "kubectl get secret -o yaml|json" output: one Secret or a List
   etcd:ENDPOINTS/PREFIX  plain etcd values (raw or base64) under PREFIX, e.g.
-                      etcd:10.0.0.1:2379,10.0.0.2:2379/custodia/keys/ ; --mapping maps key
+                      etcd:10.0.0.1:2379,10.0.0.2:2379/custodia/keys/ ; etcd:/PREFIX uses
+                      ETCDCTL_ENDPOINTS (and ETCDCTL_CACERT, _CERT, _KEY); --mapping maps key
                       patterns to kinds (default: every key a raw secret of the same name)
   custodia:SOCKET     a running Custodia (or sealrun proxy) on a unix socket; --source-auth FILE
                       holds "id: ..." and "key: ...", and "id_header: ..." and "key_header: ..."
@@ -105,6 +106,9 @@ func splitEtcd(rest string) ([]string, string, error) {
 		break
 	}
 	var eps []string
+	if i == 0 {
+		return nil, rest, nil // "etcd:/prefix/": the endpoints come from ETCDCTL_ENDPOINTS
+	}
 	for _, e := range strings.Split(rest[:i], ",") {
 		if e = strings.TrimSpace(e); e == "" {
 			return nil, "", errors.New("empty etcd endpoint")

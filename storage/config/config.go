@@ -138,13 +138,17 @@ type TLS struct {
 func Load(path string) (*Config, error) { return LoadFile(path, "storage", Decode) }
 
 // Decode strictly decodes one YAML document (an unknown field is an error
-// naming it), applies defaults and validates.
+// naming it), applies defaults and the etcdctl environment where the file
+// leaves the cluster open (see etcdenv.go), and validates.
 func Decode(r io.Reader) (*Config, error) {
 	var c Config
 	if err := DecodeStrict(r, &c); err != nil {
 		return nil, err
 	}
 	c.setDefaults()
+	if err := c.applyEtcdEnv(lookupEnv); err != nil {
+		return nil, err
+	}
 	if err := c.expandCredentials(); err != nil {
 		return nil, err
 	}
@@ -225,7 +229,7 @@ func (c *Config) Validate() error {
 	case "etcd":
 		e := c.State.Etcd
 		if len(e.Endpoints) == 0 && e.DataDir == "" {
-			return errors.New("state.etcd: set endpoints for an external etcd, or data_dir for the embedded one")
+			return errNoEtcd
 		}
 		if !strings.HasSuffix(e.Prefix, "/") {
 			return fmt.Errorf("state.etcd.prefix %q must end in '/' so it cannot match a sibling", e.Prefix)
