@@ -71,6 +71,9 @@ func VaultRaftCluster(t testing.TB, n int) *VaultCluster {
   node_id = %q
   # Production raft timings (the default, 0, is five times slower).
   performance_multiplier = 1
+  # Raft refuses entries over 1 MiB by default; a 1 MiB secret is ~1.4 MB
+  # as KV v2 JSON. Operators must raise it the same way (docs/scale.md).
+  max_entry_size = 4194304
 %s}
 listener "tcp" {
   address         = %q
