@@ -28,7 +28,7 @@ func TestProxyDestination(t *testing.T) {
 	}
 	defer pstore.Close()
 	sock, id, key := startProxy(t, pstore)
-	c, err := client.New(client.Config{Socket: sock, ID: id, Key: key})
+	c, err := client.New(client.Config{Socket: sock, ID: id, Key: client.APIKey(key)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestProxyDestinationUnconfirmedWrite(t *testing.T) {
 			defer pstore.Close()
 			store := &unconfirmed{Store: pstore, commit: c.commit}
 			srv := proxytest.Start(t, store, "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}})
-			cl, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: srv.Key})
+			cl, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: client.APIKey(srv.Key)})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -36,10 +36,10 @@ type CustodiaSource struct {
 // SimpleAuthKeys header names; a sealrun proxy's auth.id_header and
 // auth.key_header).
 type custodiaAuth struct {
-	ID        string `yaml:"id"`
-	Key       string `yaml:"key"`
-	IDHeader  string `yaml:"id_header"`  // default CUSTODIA_AUTH_ID
-	KeyHeader string `yaml:"key_header"` // default CUSTODIA_AUTH_KEY; CPD-101 uses CUSTODIA_KEY_ID
+	ID        string        `yaml:"id"`
+	Key       client.APIKey `yaml:"key"`
+	IDHeader  string        `yaml:"id_header"`  // default CUSTODIA_AUTH_ID
+	KeyHeader string        `yaml:"key_header"` // default CUSTODIA_AUTH_KEY; CPD-101 uses CUSTODIA_KEY_ID
 }
 
 // OpenCustodiaSource connects to socket with the credentials in authFile.

@@ -202,7 +202,7 @@ func TestCustodiaSource(t *testing.T) {
 	ctx := context.Background()
 	cli, pstore := custodiaStore(t)
 	sock, id, key := startProxy(t, pstore)
-	c, err := client.New(client.Config{Socket: sock, ID: id, Key: key})
+	c, err := client.New(client.Config{Socket: sock, ID: id, Key: client.APIKey(key)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestCustodiaSourceHeaderNames(t *testing.T) {
 	_, pstore := custodiaStore(t)
 	srv := proxytest.Start(t, pstore, "admin", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}},
 		func(o *proxy.Options) { o.IDHeader, o.KeyHeader = "CUSTODIA_AUTH_ID", "CUSTODIA_KEY_ID" })
-	c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: srv.Key, KeyHeader: "CUSTODIA_KEY_ID"})
+	c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: client.APIKey(srv.Key), KeyHeader: "CUSTODIA_KEY_ID"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ import (
 
 func (f *fixture) client(t testing.TB, id, key string) *client.Client {
 	t.Helper()
-	c, err := client.New(client.Config{Socket: f.sock, ID: id, Key: key, CacheTTL: time.Minute, Timeout: 3 * time.Second})
+	c, err := client.New(client.Config{Socket: f.sock, ID: id, Key: client.APIKey(key), CacheTTL: time.Minute, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestBackendUnavailable(t *testing.T) {
 	if code != 503 || !strings.Contains(body, "unavailable") {
 		t.Fatalf("backend down: %d %s", code, body)
 	}
-	c, _ := client.New(client.Config{Socket: f.sock, ID: "admin", Key: f.adminKey, Retries: 2})
+	c, _ := client.New(client.Config{Socket: f.sock, ID: "admin", Key: client.APIKey(f.adminKey), Retries: 2})
 	if _, err := c.Get(context.Background(), "x"); !errors.Is(err, client.ErrUnavailable) {
 		t.Fatalf("client: %v", err)
 	}
@@ -154,7 +154,7 @@ func TestClientHeaderNames(t *testing.T) {
 	const idHeader, keyHeader = "X-Custodia-Owner", "CUSTODIA_KEY_ID"
 	f := startProxy(t, overlayStore(t), func(o *Options) { o.IDHeader, o.KeyHeader = idHeader, keyHeader })
 	ctx := context.Background()
-	c, err := client.New(client.Config{Socket: f.sock, ID: "admin", Key: f.adminKey, IDHeader: idHeader, KeyHeader: keyHeader, Timeout: 3 * time.Second})
+	c, err := client.New(client.Config{Socket: f.sock, ID: "admin", Key: client.APIKey(f.adminKey), IDHeader: idHeader, KeyHeader: keyHeader, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestClientDoesNotRepeatChanges(t *testing.T) {
 	f := startProxy(t, overlayStore(t), nil)
 	l := newLossySocket(t, f)
 	ctx := context.Background()
-	c, err := client.New(client.Config{Socket: l.sock, ID: "admin", Key: f.adminKey, Timeout: 3 * time.Second})
+	c, err := client.New(client.Config{Socket: l.sock, ID: "admin", Key: client.APIKey(f.adminKey), Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +413,7 @@ func stallProxy(t *testing.T, storeTimeout, clientTimeout time.Duration) (*stall
 	}
 	t.Cleanup(func() { svc.Close() })
 	f := startProxy(t, svc, nil)
-	c, err := client.New(client.Config{Socket: f.sock, ID: "admin", Key: f.adminKey, Timeout: clientTimeout})
+	c, err := client.New(client.Config{Socket: f.sock, ID: "admin", Key: client.APIKey(f.adminKey), Timeout: clientTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}

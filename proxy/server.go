@@ -515,8 +515,16 @@ func (s *Server) backendError(err error) *apiError {
 	return &apiError{http.StatusInternalServerError, "internal error; see the proxy log"}
 }
 
-// value is a secret as the API carries it.
+// value is a secret as the API carries it. Like secrets.Secret it prints
+// [REDACTED] under every fmt verb and slog; unlike it, its JSON is redacted
+// too (the proxy never stores a value as JSON).
 type value []byte
+
+func (value) String() string               { return secrets.Redacted }
+func (value) GoString() string             { return secrets.Redacted }
+func (value) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(secrets.Redacted)) }
+func (value) LogValue() slog.Value         { return slog.StringValue(secrets.Redacted) }
+func (value) MarshalText() ([]byte, error) { return []byte(secrets.Redacted), nil }
 
 func (s *Server) readValue(q *request) (value, error) {
 	r := q.r

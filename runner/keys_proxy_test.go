@@ -58,7 +58,7 @@ func startKeyProxyOn(t testing.TB, secretBackend driver.Driver, opts ...func(*pr
 	t.Cleanup(func() { store.Close() })
 	srv := proxytest.Start(t, store, "runner-1", proxy.Grant{Paths: []string{"/secrets/sealrun/"}, Verbs: []string{"get", "list", "watch"}}, opts...)
 	p := &keyProxy{store: store, sock: srv.Socket, srv: srv, id: srv.ID, key: srv.Key}
-	if p.client, err = client.New(client.Config{Socket: p.sock, ID: srv.ID, Key: srv.Key, Retries: 2, Timeout: 2 * time.Second}); err != nil {
+	if p.client, err = client.New(client.Config{Socket: p.sock, ID: srv.ID, Key: client.APIKey(srv.Key), Retries: 2, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.client.Close)

@@ -59,7 +59,7 @@ func TestSecretsServeCLI(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	cl, err := client.New(client.Config{Socket: sock, ID: "ops", Key: strings.TrimSpace(key)})
+	cl, err := client.New(client.Config{Socket: sock, ID: "ops", Key: client.APIKey(strings.TrimSpace(key))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -25,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sealrun/sealrun/secrets"
 )
 
 // Typed errors for the statuses a caller decides on.
@@ -54,7 +57,7 @@ type Config struct {
 	URL    string      // https://host:port, when not on the socket
 	TLS    *tls.Config // client certificate etc. for URL
 	ID     string
-	Key    string // or KeyFile
+	Key    APIKey // or KeyFile
 	// KeyFile holds the API key (a systemd credential, a Kubernetes Secret
 	// mount); read once at New.
 	KeyFile   string
@@ -64,6 +67,17 @@ type Config struct {
 	Timeout   time.Duration // per attempt; default 10s
 	Retries   int           // default 4
 }
+
+// APIKey is the proxy API key. Every form meant for people or files — fmt
+// verbs, slog, text and JSON marshalling — prints [REDACTED], so a logged
+// or dumped Config does not carry the key.
+type APIKey string
+
+func (APIKey) String() string               { return secrets.Redacted }
+func (APIKey) GoString() string             { return secrets.Redacted }
+func (APIKey) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(secrets.Redacted)) }
+func (APIKey) LogValue() slog.Value         { return slog.StringValue(secrets.Redacted) }
+func (APIKey) MarshalText() ([]byte, error) { return []byte(secrets.Redacted), nil }
 
 // Client is safe for concurrent use.
 type Client struct {
@@ -109,10 +123,10 @@ func New(cfg Config) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("API key file: %w", err)
 		}
-		cfg.Key = strings.TrimSpace(string(b))
+		cfg.Key = APIKey(strings.TrimSpace(string(b)))
 	}
 	if cfg.Key == "" {
-		cfg.Key = os.Getenv("SEALRUN_API_KEY")
+		cfg.Key = APIKey(os.Getenv("SEALRUN_API_KEY"))
 	}
 	if cfg.ID == "" || cfg.Key == "" {
 		return nil, errors.New("secrets proxy client needs an API id and key (key from key_file or SEALRUN_API_KEY)")
@@ -139,6 +153,16 @@ func New(cfg Config) (*Client, error) {
 	c.http = &http.Client{Transport: tr}
 	return c, nil
 }
+
+// A Client prints as where it connects and its API id: fmt's fallback for
+// a struct with unexported fields would print the key and cached values.
+func (c *Client) String() string {
+	return fmt.Sprintf("secrets proxy client %s id=%s", c.base, c.cfg.ID)
+}
+func (c *Client) GoString() string             { return c.String() }
+func (c *Client) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(c.String())) }
+func (c *Client) LogValue() slog.Value         { return slog.StringValue(c.String()) }
+func (c *Client) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
 
 // Close releases idle connections.
 func (c *Client) Close() { c.http.CloseIdleConnections() }
@@ -186,7 +210,7 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 		return nil, false, err
 	}
 	req.Header.Set(c.cfg.IDHeader, c.cfg.ID)
-	req.Header.Set(c.cfg.KeyHeader, c.cfg.Key)
+	req.Header.Set(c.cfg.KeyHeader, string(c.cfg.Key))
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
@@ -398,7 +422,7 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 		return fail(err)
 	}
 	req.Header.Set(c.cfg.IDHeader, c.cfg.ID)
-	req.Header.Set(c.cfg.KeyHeader, c.cfg.Key)
+	req.Header.Set(c.cfg.KeyHeader, string(c.cfg.Key))
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := c.http.Do(req)
 	if err != nil {

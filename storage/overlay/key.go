@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"sort"
 
@@ -30,8 +31,13 @@ type Key struct {
 	secret secrets.Secret
 }
 
-// String names the key by id only.
-func (k Key) String() string { return "key " + k.ID }
+// Every human-facing form of a Key names it by id only: fmt (all verbs,
+// %#v included), slog and text/JSON marshalling never reach its bytes.
+func (k Key) String() string               { return "key " + k.ID }
+func (k Key) GoString() string             { return k.String() }
+func (k Key) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(k.String())) }
+func (k Key) LogValue() slog.Value         { return slog.StringValue(k.String()) }
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // NewKey wraps 64 raw key bytes; an empty id is replaced by the thumbprint.
 func NewKey(id string, raw []byte) (Key, error) {
@@ -159,11 +165,21 @@ func NewKeyRing(current Key, others ...Key) (*KeyRing, error) {
 	return r, nil
 }
 
+// A KeyRing prints as its key ids, never their bytes (its fields are
+// unexported, so fmt would otherwise print the keys' bytes raw).
+func (r KeyRing) String() string {
+	return fmt.Sprintf("key ring current=%s ids=%q", r.current.ID, r.IDs())
+}
+func (r KeyRing) GoString() string             { return r.String() }
+func (r KeyRing) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(r.String())) }
+func (r KeyRing) LogValue() slog.Value         { return slog.StringValue(r.String()) }
+func (r KeyRing) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
 // CurrentID is the id of the key new values are sealed with.
 func (r *KeyRing) CurrentID() string { return r.current.ID }
 
 // IDs lists the ring's key ids, sorted.
-func (r *KeyRing) IDs() []string {
+func (r KeyRing) IDs() []string {
 	ids := make([]string, 0, len(r.byID))
 	for id := range r.byID {
 		ids = append(ids, id)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/go-jose/go-jose/v4"
 
@@ -69,6 +70,14 @@ var (
 	_ driver.Batcher     = (*Driver)(nil)
 	_ driver.BatchGetter = (*Driver)(nil)
 )
+
+// A Driver prints as what it wraps and its key ids: fmt's fallback for a
+// struct with unexported fields would otherwise print the ring's key bytes.
+func (d *Driver) String() string               { return fmt.Sprintf("overlay over %T with %v", d.under, d.ring) }
+func (d *Driver) GoString() string             { return d.String() }
+func (d *Driver) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(d.String())) }
+func (d *Driver) LogValue() slog.Value         { return slog.StringValue(d.String()) }
+func (d *Driver) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
 // New returns an overlay storing ciphertexts in under. Closing it closes under.
 func New(under driver.Driver, ring *KeyRing, prot Protection) *Driver {
