@@ -6,8 +6,8 @@ import (
 )
 
 // Sentinel errors. Each rejection wraps exactly one of them; test with
-// errors.Is. All of them are permanent: retrying the same message with the
-// same keys gives the same answer.
+// errors.Is. Rejections says which are permanent (retrying the same message
+// with the same keys gives the same answer).
 var (
 	// ErrMalformed: the body or payload does not follow the wire format
 	// (bad JSON, bad base64, wrong number of commas, truncated fields).
@@ -37,21 +37,59 @@ var (
 	ErrPassphrase = errors.New("wrong passphrase for private key")
 )
 
-var permanent = []error{
-	ErrMalformed, ErrBadSignature, ErrNoSigningKey, ErrDecrypt, ErrUnknownKey,
-	ErrClearTextRefused, ErrReplay, ErrWrongQueue, ErrKeyType,
+// Rejection is everything a consumer needs to know about one sentinel.
+// Adding a sentinel is one row here.
+type Rejection struct {
+	Err error
+	// Label is its metric label and rejection-record reason code.
+	Label string
+	// Permanent: the message can never be opened, so a consumer must
+	// reject it without requeue.
+	Permanent bool
+	// KeyDependent: a key the consumer has not loaded yet may cure it, so
+	// until its keys are loaded it is treated as transient.
+	KeyDependent bool
+}
+
+// Rejections is the table of every sentinel, most specific first.
+var Rejections = []Rejection{
+	{ErrMalformed, "malformed", true, false},
+	{ErrBadSignature, "bad_signature", true, true},
+	{ErrNoSigningKey, "no_signing_key", true, true},
+	{ErrDecrypt, "decrypt", true, true},
+	{ErrUnknownKey, "unknown_key", true, true},
+	{ErrClearTextRefused, "clear_text_refused", true, false},
+	{ErrReplay, "replay", true, false},
+	{ErrWrongQueue, "wrong_queue", true, false},
+	{ErrKeyType, "key_type", true, false},
+	{ErrNoResponseKey, "no_response_key", false, false},
+	{ErrPassphrase, "passphrase", false, false},
+}
+
+// rejection is err's row; ok is false for an error no sentinel wraps.
+func rejection(err error) (r Rejection, ok bool) {
+	for _, r := range Rejections {
+		if errors.Is(err, r.Err) {
+			return r, true
+		}
+	}
+	return Rejection{}, false
 }
 
 // Permanent reports whether err means the message can never be opened, so a
 // consumer must reject it without requeue. Anything else (a replay store
 // that is down, a cancelled context) is transient.
-func Permanent(err error) bool {
-	for _, p := range permanent {
-		if errors.Is(err, p) {
-			return true
-		}
+func Permanent(err error) bool { r, _ := rejection(err); return r.Permanent }
+
+// KeyDependent reports whether a key not loaded yet may cure err.
+func KeyDependent(err error) bool { r, _ := rejection(err); return r.KeyDependent }
+
+// Reason is err's sentinel label, or "other".
+func Reason(err error) string {
+	if r, ok := rejection(err); ok {
+		return r.Label
 	}
-	return false
+	return "other"
 }
 
 // reject wraps a sentinel with a reason that never contains key material.

@@ -58,7 +58,7 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 		switch {
 		case ctx.Err() != nil:
 			r.requeue(log, d, suite, outcomeShutdown, err)
-		case envelope.Permanent(err) && !(keyDependent(err) && !r.keysOK.Load()):
+		case envelope.Permanent(err) && !(envelope.KeyDependent(err) && !r.keysOK.Load()):
 			r.reject(ctx, log, queue, d, suite, err)
 		default:
 			// The key source is down, so a missing key may just not have
@@ -267,19 +267,13 @@ func resultFromRecord(rec *secrets.JobRecord) *Result {
 	return res
 }
 
-// keyDependent errors may be cured by a key the runner has not loaded yet.
-func keyDependent(err error) bool {
-	return errors.Is(err, envelope.ErrNoSigningKey) || errors.Is(err, envelope.ErrUnknownKey) ||
-		errors.Is(err, envelope.ErrBadSignature) || errors.Is(err, envelope.ErrDecrypt)
-}
-
 // reject settles a message that can never succeed: nack without requeue, so
 // it goes to the queue's dead-letter exchange (if any) and never loops. The
 // rejection is recorded first (by body hash, reason code only), so a copy
 // the broker gives back is rejected again without a second verification
 // or log line.
 func (r *Runner) reject(ctx context.Context, log *slog.Logger, queue string, d amqp.Delivery, suite string, err error) {
-	reason := reasonLabel(err)
+	reason := envelope.Reason(err)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	first, rerr := r.jobs.Reject(rctx, queue, d.Body, reason, time.Now().UTC())
 	cancel()
@@ -316,24 +310,6 @@ func (r *Runner) requeue(log *slog.Logger, d amqp.Delivery, suite, outcome strin
 	if outcome == outcomeShutdown {
 		log.Info("message given back for shutdown", "error", why)
 	}
-}
-
-// reasonLabel maps an error to its envelope sentinel's short name.
-func reasonLabel(err error) string {
-	for _, s := range []struct {
-		err  error
-		name string
-	}{
-		{envelope.ErrMalformed, "malformed"}, {envelope.ErrBadSignature, "bad_signature"},
-		{envelope.ErrNoSigningKey, "no_signing_key"}, {envelope.ErrDecrypt, "decrypt"},
-		{envelope.ErrUnknownKey, "unknown_key"}, {envelope.ErrClearTextRefused, "clear_text_refused"},
-		{envelope.ErrReplay, "replay"}, {envelope.ErrWrongQueue, "wrong_queue"}, {envelope.ErrKeyType, "key_type"},
-	} {
-		if errors.Is(err, s.err) {
-			return s.name
-		}
-	}
-	return "other"
 }
 
 func suiteLabel(o *envelope.Opened, body []byte) string {

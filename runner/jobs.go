@@ -264,7 +264,7 @@ func rejectionID(body []byte) string {
 }
 
 // Reject records that the message with this body was rejected for reason
-// (a reasonLabel code, never message data). first is false when it had
+// (an envelope.Reason code, never message data). first is false when it had
 // already been recorded: the broker gave back a message it was told to
 // dead-letter.
 func (j *Jobs) Reject(ctx context.Context, queue string, body []byte, reason string, now time.Time) (first bool, err error) {
