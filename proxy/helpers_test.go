@@ -23,6 +23,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/proxy/wire"
 	"github.com/sealrun/sealrun/storage"
 	etcddrv "github.com/sealrun/sealrun/storage/etcd"
 	"github.com/sealrun/sealrun/storage/overlay"
@@ -222,7 +223,7 @@ func (f *fixture) rawHeader(t testing.TB, method, path string, hdr map[string]st
 
 // as returns headers authenticating with id and key.
 func as(id, key string, extra ...string) map[string]string {
-	h := map[string]string{DefaultIDHeader: id, DefaultKeyHeader: key}
+	h := map[string]string{wire.DefaultIDHeader: id, wire.DefaultKeyHeader: key}
 	for i := 0; i+1 < len(extra); i += 2 {
 		h[extra[i]] = extra[i+1]
 	}

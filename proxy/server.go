@@ -22,7 +22,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sealrun/sealrun/proxy/client"
+	"github.com/sealrun/sealrun/proxy/wire"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -32,19 +32,13 @@ import (
 	"github.com/sealrun/sealrun/storage/driver"
 )
 
-// Default header names: CPD-101's id header and Custodia's default key header.
-const (
-	DefaultIDHeader  = "CUSTODIA_AUTH_ID"
-	DefaultKeyHeader = "CUSTODIA_AUTH_KEY"
-)
-
 // Options configure a Server.
 type Options struct {
 	Store       Store
 	Credentials *Credentials
 	Audit       *audit.Logger
-	IDHeader    string // default DefaultIDHeader
-	KeyHeader   string // default DefaultKeyHeader
+	IDHeader    string // default wire.DefaultIDHeader
+	KeyHeader   string // default wire.DefaultKeyHeader
 	// AllowedUIDs, when set, also requires unix peers to run as one of
 	// these uids (SO_PEERCRED), whatever their API key.
 	AllowedUIDs []int
@@ -101,10 +95,10 @@ func NewServer(o Options) (*Server, error) {
 		return nil, errors.New("proxy: Store, Credentials and Audit are required")
 	}
 	if o.IDHeader == "" {
-		o.IDHeader = DefaultIDHeader
+		o.IDHeader = wire.DefaultIDHeader
 	}
 	if o.KeyHeader == "" {
-		o.KeyHeader = DefaultKeyHeader
+		o.KeyHeader = wire.DefaultKeyHeader
 	}
 	if o.MaxBody <= 0 {
 		o.MaxBody = 1 << 20
@@ -183,7 +177,7 @@ type request struct {
 	start  time.Time
 	logged bool
 	// mayBeApplied: a backend write failed in a way that may still have
-	// made it (so no NotAppliedHeader, whatever else fails).
+	// made it (so no wire.NotAppliedHeader, whatever else fails).
 	mayBeApplied bool
 }
 
@@ -197,10 +191,6 @@ func (e *apiError) Error() string { return e.msg }
 func fail(status int, format string, a ...any) error {
 	return &apiError{status: status, msg: fmt.Sprintf(format, a...)}
 }
-
-// NotAppliedHeader is the header by which the client learns a failed
-// request changed nothing (client.NotAppliedHeader).
-const NotAppliedHeader = client.NotAppliedHeader
 
 // mayBeApplied marks an error from a backend call that changes state: the
 // change may have been made even though the call failed.
@@ -239,7 +229,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		q.mayBeApplied = errors.As(err, new(mayBeApplied))
 		if (ae.status == http.StatusTooManyRequests || ae.status == http.StatusServiceUnavailable) && !q.mayBeApplied {
-			w.Header().Set(NotAppliedHeader, "1")
+			w.Header().Set(wire.NotAppliedHeader, "1")
 		}
 		s.respond(q, ae.status, ae.msg, func() { writeJSON(w, ae.status, map[string]string{"error": ae.msg}) })
 	}
@@ -371,7 +361,7 @@ func methodLabel(m string) string {
 }
 
 func checkQueryType(r *http.Request) error {
-	if t := r.URL.Query().Get("type"); t != "" && t != "simple" {
+	if t := r.URL.Query().Get("type"); t != "" && t != wire.TypeSimple {
 		return fail(http.StatusNotAcceptable, "message type %q is not supported (only simple)", t)
 	}
 	return nil
@@ -470,7 +460,7 @@ func (s *Server) respond(q *request, status int, reason string, write func()) er
 		case q.mayBeApplied:
 			msg = "audit log unavailable, and the change may or may not have been made: read it back before repeating it"
 		default:
-			q.w.Header().Set(NotAppliedHeader, "1")
+			q.w.Header().Set(wire.NotAppliedHeader, "1")
 		}
 		status = http.StatusServiceUnavailable
 		write = func() {
@@ -554,7 +544,7 @@ func (s *Server) readValue(q *request) (value, error) {
 	if err := json.Unmarshal(body, &msg); err != nil || msg.Type == nil {
 		return nil, fail(http.StatusBadRequest, `body must be {"type": "simple", "value": "<string>"}`)
 	}
-	if *msg.Type != "simple" {
+	if *msg.Type != wire.TypeSimple {
 		return nil, fail(http.StatusNotAcceptable, "message type %q is not supported (only simple)", *msg.Type)
 	}
 	var v string
@@ -580,15 +570,8 @@ func (s *Server) writeValue(q *request, v value) error {
 		})
 	}
 	return s.respond(q, http.StatusOK, "", func() {
-		writeJSON(q.w, http.StatusOK, simpleMessage{Type: "simple", Value: string(v)})
+		writeJSON(q.w, http.StatusOK, wire.Message{Type: wire.TypeSimple, Value: string(v)})
 	})
-}
-
-// simpleMessage is Custodia's value reply; a struct marshals without the
-// map's allocations and key sort, in the same field order.
-type simpleMessage struct {
-	Type  string `json:"type"`
-	Value string `json:"value"`
 }
 
 func accepts(r *http.Request, ct string) bool {

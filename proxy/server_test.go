@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sealrun/sealrun/proxy/audit"
+	"github.com/sealrun/sealrun/proxy/wire"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -353,11 +354,11 @@ func TestAuditFailureRefusesService(t *testing.T) {
 	f.srv.o.Audit.Close() // every Log fails from now on
 
 	code, hdr, body := f.rawHeader(t, "GET", "/secrets/app/", f.admin(), "")
-	if code != 503 || hdr.Get(NotAppliedHeader) != "1" || !strings.Contains(body, "not served") {
+	if code != 503 || hdr.Get(wire.NotAppliedHeader) != "1" || !strings.Contains(body, "not served") {
 		t.Fatalf("list with the audit log down: %d %q %q, want 503, not applied, not served", code, hdr, body)
 	}
 	code, hdr, body = f.rawHeader(t, "PUT", "/secrets/app/k", f.admin(jsonCT, "application/json"), simple("written-before-audit"))
-	if code != 503 || hdr.Get(NotAppliedHeader) != "" || !strings.Contains(body, "read it back") {
+	if code != 503 || hdr.Get(wire.NotAppliedHeader) != "" || !strings.Contains(body, "read it back") {
 		t.Fatalf("put with the audit log down: %d %q %q, want 503 saying the change was made", code, hdr, body)
 	}
 	m := &secrets.Raw{Name: "app/k"}

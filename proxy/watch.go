@@ -1,22 +1,14 @@
 package proxy
 
 import (
-	"encoding/json"
-	"fmt"
+	"io"
 	"net/http"
 	"path"
 	"time"
 
+	"github.com/sealrun/sealrun/proxy/wire"
 	"github.com/sealrun/sealrun/secrets"
 )
-
-// WatchEvent is one server-sent event of GET /secrets/<prefix>/?watch=1. It
-// names what changed, never the value: clients re-read what they cache.
-type WatchEvent struct {
-	Type     string `json:"type"` // "put" or "delete"
-	Path     string `json:"path"` // e.g. /secrets/sealrun/signing-key/rmq_cpu_
-	Revision int64  `json:"revision"`
-}
 
 // heartbeat keeps idle streams alive through proxies and lets the server
 // notice clients that went away.
@@ -30,12 +22,12 @@ func (s *Server) watch(q *request, name string) error {
 	if err != nil {
 		return err
 	}
-	kind, prefix, base := secrets.KindRaw, name, "/secrets/"
+	kind, prefix, base := secrets.KindRaw, name, wire.Root
 	if t.typed {
 		if t.kind == "" {
 			return fail(http.StatusBadRequest, "watch a kind: /secrets/%s/<kind>/?watch=1", typedPrefix)
 		}
-		kind, prefix, base = t.kind, t.key, "/secrets/"+typedPrefix+"/"+t.kind+"/"
+		kind, prefix, base = t.kind, t.key, wire.Root+typedPrefix+"/"+t.kind+"/"
 	} else if err := s.containerExists(q.r.Context(), name); err != nil {
 		return err
 	}
@@ -64,18 +56,14 @@ func (s *Server) watch(q *request, name string) error {
 	// A stream outlives the server's write timeout, but each write has its
 	// own: a client that stops reading loses its stream, not the server a
 	// handler and a backend watch.
-	write := func(format string, a ...any) bool {
+	write := func(f func() error) bool {
 		rc.SetWriteDeadline(time.Now().Add(s.o.StreamWriteTimeout))
-		if _, err := fmt.Fprintf(w, format, a...); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
+		return f() == nil && rc.Flush() == nil
 	}
 	send := func(event string, data any) bool {
-		b, _ := json.Marshal(data)
-		return write("event: %s\ndata: %s\n\n", event, b)
+		return write(func() error { return wire.WriteEvent(w, event, data) })
 	}
-	if !send("ready", map[string]string{}) {
+	if !send(wire.EventReady, struct{}{}) {
 		return nil
 	}
 	tick := time.NewTicker(heartbeat)
@@ -87,17 +75,17 @@ func (s *Server) watch(q *request, name string) error {
 		case <-s.streams.Done():
 			return nil
 		case <-tick.C:
-			if !write(": ping\n\n") {
+			if !write(func() error { _, err := io.WriteString(w, wire.Ping); return err }) {
 				return nil
 			}
 		case ev, ok := <-events:
 			if !ok {
-				send("error", map[string]string{"error": "watch ended; re-read and watch again"})
+				send(wire.EventError, wire.ErrorBody{Error: "watch ended; re-read and watch again"})
 				return nil
 			}
 			if ev.Err != nil {
 				s.o.Logger.Warn("watch failed", "err", ev.Err)
-				send("error", map[string]string{"error": "watch failed; re-read and watch again"})
+				send(wire.EventError, wire.ErrorBody{Error: "watch failed; re-read and watch again"})
 				return nil
 			}
 			// The value cache's own watch may see this change later than
@@ -106,7 +94,7 @@ func (s *Server) watch(q *request, name string) error {
 			if s.values != nil {
 				s.values.invalidate(kind, ev.Key)
 			}
-			if !send("change", WatchEvent{Type: ev.Type.String(), Path: base + path.Clean(ev.Key), Revision: ev.Revision}) {
+			if !send(wire.EventChange, wire.Event{Type: ev.Type.String(), Path: base + path.Clean(ev.Key), Revision: ev.Revision}) {
 				return nil
 			}
 		}

@@ -11,8 +11,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/sealrun/sealrun/proxy"
 	"github.com/sealrun/sealrun/proxy/client"
+	"github.com/sealrun/sealrun/proxy/wire"
 	"github.com/sealrun/sealrun/secrets"
 )
 
@@ -70,8 +70,8 @@ func newSecretsFlags(s stdio, verb, summary, examples string) *secretsFlags {
 	f.fs.StringVar(&f.socket, "socket", "", "act through a running secrets proxy on this unix socket instead")
 	f.fs.StringVar(&f.apiID, "api-id", "", "proxy API id (with --socket)")
 	f.fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the proxy API key (with --socket; default $SEALRUN_API_KEY)")
-	f.fs.StringVar(&f.idHeader, "id-header", proxy.DefaultIDHeader, "header carrying the API id, as the proxy's auth.id_header (with --socket)")
-	f.fs.StringVar(&f.keyHeader, "key-header", proxy.DefaultKeyHeader, "header carrying the API key, as the proxy's auth.key_header (with --socket; a Custodia deployment may use e.g. CUSTODIA_KEY_ID)")
+	f.fs.StringVar(&f.idHeader, "id-header", wire.DefaultIDHeader, "header carrying the API id, as the proxy's auth.id_header (with --socket)")
+	f.fs.StringVar(&f.keyHeader, "key-header", wire.DefaultKeyHeader, "header carrying the API key, as the proxy's auth.key_header (with --socket; a Custodia deployment may use e.g. CUSTODIA_KEY_ID)")
 	f.fs.StringVar(&f.kind, "kind", secrets.KindRaw, "model kind; raw stores the bytes as an ad-hoc secret")
 	return f
 }

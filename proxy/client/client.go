@@ -7,7 +7,6 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -27,6 +26,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sealrun/sealrun/proxy/wire"
 	"github.com/sealrun/sealrun/secrets"
 )
 
@@ -61,8 +61,8 @@ type Config struct {
 	// KeyFile holds the API key (a systemd credential, a Kubernetes Secret
 	// mount); read once at New.
 	KeyFile   string
-	IDHeader  string // default CUSTODIA_AUTH_ID
-	KeyHeader string // default CUSTODIA_AUTH_KEY
+	IDHeader  string // default wire.DefaultIDHeader
+	KeyHeader string // default wire.DefaultKeyHeader
 	CacheTTL  time.Duration
 	Timeout   time.Duration // per attempt; default 10s
 	Retries   int           // default 4
@@ -99,10 +99,10 @@ type cached struct {
 // the SEALRUN_API_KEY environment variable, in that order.
 func New(cfg Config) (*Client, error) {
 	if cfg.IDHeader == "" {
-		cfg.IDHeader = "CUSTODIA_AUTH_ID"
+		cfg.IDHeader = wire.DefaultIDHeader
 	}
 	if cfg.KeyHeader == "" {
-		cfg.KeyHeader = "CUSTODIA_AUTH_KEY"
+		cfg.KeyHeader = wire.DefaultKeyHeader
 	}
 	for _, h := range []string{cfg.IDHeader, cfg.KeyHeader} {
 		if !httpguts.ValidHeaderFieldName(h) {
@@ -243,15 +243,9 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 	e := errorFor(resp.StatusCode, out)
 	// A change answered 503 may have been made (the proxy's backend timed
 	// out after committing it): repeated only if the proxy says it was not.
-	retry := errors.Is(e, ErrUnavailable) && (idempotent || resp.Header.Get(NotAppliedHeader) == "1")
+	retry := errors.Is(e, ErrUnavailable) && (idempotent || resp.Header.Get(wire.NotAppliedHeader) == "1")
 	return nil, retry, e
 }
-
-// NotAppliedHeader on a 429 or 503 says the request changed nothing, so a
-// PUT, POST or DELETE may be repeated. Without it a failed change may have
-// been made (the backend timed out after committing it) and must be read
-// back before it is repeated.
-const NotAppliedHeader = "Sealrun-Not-Applied"
 
 // isDialError says the request never reached the server.
 func isDialError(err error) bool {
@@ -305,15 +299,12 @@ func (c *Client) Get(ctx context.Context, name string) ([]byte, error) {
 
 // GetFresh reads a value from the proxy, bypassing the cache.
 func (c *Client) GetFresh(ctx context.Context, name string) ([]byte, error) {
-	out, err := c.do(ctx, http.MethodGet, "/secrets/"+escapeName(name), nil, nil)
+	out, err := c.do(ctx, http.MethodGet, wire.Root+escapeName(name), nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	var msg struct {
-		Type  string `json:"type"`
-		Value string `json:"value"`
-	}
-	if err := json.Unmarshal(out, &msg); err != nil || msg.Type != "simple" {
+	var msg wire.Message
+	if err := json.Unmarshal(out, &msg); err != nil || msg.Type != wire.TypeSimple {
 		return nil, fmt.Errorf("secrets proxy: unexpected reply to GET %s", name)
 	}
 	return []byte(msg.Value), nil
@@ -321,8 +312,8 @@ func (c *Client) GetFresh(ctx context.Context, name string) ([]byte, error) {
 
 // Put creates a value; ErrConflict if it exists.
 func (c *Client) Put(ctx context.Context, name string, v []byte) error {
-	body, _ := json.Marshal(map[string]string{"type": "simple", "value": string(v)})
-	_, err := c.do(ctx, http.MethodPut, "/secrets/"+escapeName(name), body, map[string]string{"Content-Type": "application/json"})
+	body, _ := json.Marshal(wire.Message{Type: wire.TypeSimple, Value: string(v)})
+	_, err := c.do(ctx, http.MethodPut, wire.Root+escapeName(name), body, map[string]string{"Content-Type": "application/json"})
 	c.Invalidate(name)
 	return err
 }
@@ -340,20 +331,20 @@ func (c *Client) Replace(ctx context.Context, name string, v []byte) error {
 
 // Delete removes a value.
 func (c *Client) Delete(ctx context.Context, name string) error {
-	_, err := c.do(ctx, http.MethodDelete, "/secrets/"+escapeName(name), nil, nil)
+	_, err := c.do(ctx, http.MethodDelete, wire.Root+escapeName(name), nil, nil)
 	c.Invalidate(name)
 	return err
 }
 
 // CreateContainer creates a container (parents must exist).
 func (c *Client) CreateContainer(ctx context.Context, name string) error {
-	_, err := c.do(ctx, http.MethodPost, "/secrets/"+escapeName(strings.TrimSuffix(name, "/"))+"/", nil, nil)
+	_, err := c.do(ctx, http.MethodPost, wire.Root+escapeName(strings.TrimSuffix(name, "/"))+"/", nil, nil)
 	return err
 }
 
 // List returns a container's subtree, as the proxy sorts it.
 func (c *Client) List(ctx context.Context, container string) ([]string, error) {
-	p := "/secrets/"
+	p := wire.Root
 	if container = strings.Trim(container, "/"); container != "" {
 		p += escapeName(container) + "/"
 	}
@@ -385,14 +376,7 @@ func (c *Client) InvalidateAll() {
 }
 
 // Event is a change under a watched container.
-type Event struct {
-	Type     string `json:"type"` // "put" or "delete"
-	Path     string `json:"path"` // "/secrets/..."
-	Revision int64  `json:"revision"`
-}
-
-// Name is the event's path without the leading /secrets/.
-func (e Event) Name() string { return strings.TrimPrefix(e.Path, "/secrets/") }
+type Event = wire.Event
 
 // Watch streams changes below container until ctx ends or the stream breaks
 // (then the channel closes). It returns once the server is watching (ready
@@ -417,7 +401,7 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 		}
 		return nil, nil, err
 	}
-	req, err := http.NewRequestWithContext(sctx, http.MethodGet, c.base+"/secrets/"+escapeName(name)+"/?watch=1", nil)
+	req, err := http.NewRequestWithContext(sctx, http.MethodGet, c.base+wire.Root+escapeName(name)+"/?watch=1", nil)
 	if err != nil {
 		return fail(err)
 	}
@@ -446,39 +430,31 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 		defer cancel()
 		defer close(out)
 		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		var event string
 		readyClosed := false
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.HasPrefix(line, "event: "):
-				event = strings.TrimPrefix(line, "event: ")
-			case strings.HasPrefix(line, "data: "):
-				data := strings.TrimPrefix(line, "data: ")
-				switch event {
-				case "ready":
-					if !readyClosed {
-						close(rdy)
-						readyClosed = true
-					}
-				case "change":
-					var ev Event
-					if json.Unmarshal([]byte(data), &ev) == nil {
-						select {
-						case out <- ev:
-						case <-sctx.Done():
-							return
-						}
-					}
-				case "error":
-					var eb struct{ Error string }
-					json.Unmarshal([]byte(data), &eb)
-					ended = eb.Error
-					return
+		wire.ReadEvents(resp.Body, func(event string, data []byte) bool {
+			switch event {
+			case wire.EventReady:
+				if !readyClosed {
+					close(rdy)
+					readyClosed = true
 				}
+			case wire.EventChange:
+				var ev Event
+				if json.Unmarshal(data, &ev) == nil {
+					select {
+					case out <- ev:
+					case <-sctx.Done():
+						return false
+					}
+				}
+			case wire.EventError:
+				var eb wire.ErrorBody
+				json.Unmarshal(data, &eb)
+				ended = eb.Error
+				return false
 			}
-		}
+			return true
+		})
 	}()
 	select {
 	case <-rdy:
