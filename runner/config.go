@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/sealrun/sealrun/internal/credpath"
 	storageconfig "github.com/sealrun/sealrun/storage/config"

@@ -13,7 +13,7 @@ import (
 	"sort"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/sealrun/sealrun/migrate"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
