@@ -27,7 +27,7 @@ import (
 // every listener accepts connections.
 func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket string)) error {
 	reg := NewMetricsRegistry()
-	store, err := storageconfig.OpenWith(ctx, c.StorageConfig(), storageOptions(reg))
+	store, err := storageconfig.OpenWith(ctx, c.StorageConfig(), storageOptions(reg, log))
 	if err != nil {
 		return fmt.Errorf("open storage: %w", err)
 	}

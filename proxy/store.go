@@ -4,6 +4,7 @@ import (
 	"context"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sealrun/sealrun/storage"
+	"log/slog"
 
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -44,6 +45,6 @@ var exposedKinds = map[string]bool{
 }
 
 // storageOptions are the service options a proxy's store needs.
-func storageOptions(reg prometheus.Registerer) storage.Options {
-	return storage.Options{Registry: Registry(), Metrics: reg}
+func storageOptions(reg prometheus.Registerer, log *slog.Logger) storage.Options {
+	return storage.Options{Registry: Registry(), Metrics: reg, Logger: log}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"path"
 	"sync"
 	"time"
@@ -58,6 +59,9 @@ type Options struct {
 	// Timeout bounds each call whose context has no deadline, so an
 	// unreachable backend fails instead of hanging (default 10s).
 	Timeout time.Duration
+	// Logger gets what the backends log on their own (the embedded etcd's
+	// warnings and errors); nil discards it.
+	Logger *slog.Logger
 	// Closers are closed after both drivers, in order (e.g. an etcd client,
 	// then the embedded server).
 	Closers []io.Closer

@@ -12,6 +12,7 @@ import (
 	"github.com/sealrun/sealrun/internal/logfmt"
 	"github.com/sealrun/sealrun/proxy/client"
 	"github.com/sealrun/sealrun/runner"
+	"github.com/sealrun/sealrun/storage"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
 
@@ -50,7 +51,7 @@ exits 0. Logs are JSON on stderr; see configs/runner.yaml for every option.`,
 	if sc == nil {
 		return failure(s, fs, errors.New("the runner needs a storage: section (JobRecords live in its state backend)"))
 	}
-	store, err := storageconfig.Open(ctx, sc, nil)
+	store, err := storageconfig.OpenWith(ctx, sc, storage.Options{Logger: log})
 	if err != nil {
 		return failure(s, fs, fmt.Errorf("open storage: %w", err))
 	}

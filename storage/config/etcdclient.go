@@ -15,7 +15,7 @@ func OpenEtcdClient(ctx context.Context, c *Config) (*clientv3.Client, io.Closer
 	if c.State.Backend != "etcd" {
 		return nil, nil, errors.New("state.backend is not etcd: only an etcd store can be backed up or loaded")
 	}
-	client, closers, err := openEtcd(ctx, c.State.Etcd)
+	client, closers, err := openEtcd(ctx, c.State.Etcd, nil)
 	cl := closeAll(closers)
 	if err != nil {
 		_ = cl.Close()

@@ -69,7 +69,7 @@ func OpenOverlayParts(ctx context.Context, c *Config) (*OverlayParts, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, closers, err := openEtcd(ctx, c.State.Etcd)
+	client, closers, err := openEtcd(ctx, c.State.Etcd, nil)
 	p := &OverlayParts{closers: closers}
 	if err != nil {
 		_ = p.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -44,7 +45,7 @@ func OpenWith(ctx context.Context, c *Config, opts storage.Options) (_ *storage.
 	switch c.State.Backend {
 	case "etcd":
 		var cl []io.Closer
-		client, cl, err = openEtcd(ctx, c.State.Etcd)
+		client, cl, err = openEtcd(ctx, c.State.Etcd, opts.Logger)
 		closers = append(closers, cl...)
 		if err != nil {
 			return nil, err
@@ -91,14 +92,14 @@ func OpenWith(ctx context.Context, c *Config, opts storage.Options) (_ *storage.
 	return storage.New(secret, state, opts)
 }
 
-// openEtcd dials the configured cluster, or starts the embedded one. The
-// closers are in start order.
-func openEtcd(ctx context.Context, e *Etcd) (*clientv3.Client, []io.Closer, error) {
+// openEtcd dials the configured cluster, or starts the embedded one (its
+// warnings and errors to log, if not nil). The closers are in start order.
+func openEtcd(ctx context.Context, e *Etcd, log *slog.Logger) (*clientv3.Client, []io.Closer, error) {
 	var closers []io.Closer
 	cfg := clientv3.Config{Endpoints: e.Endpoints, DialTimeout: e.DialTimeout, Logger: zap.NewNop(),
 		MaxCallSendMsgSize: 8 << 20}
 	if len(e.Endpoints) == 0 {
-		srv, err := embedded.Start(ctx, embedded.Config{DataDir: e.DataDir})
+		srv, err := embedded.Start(ctx, embedded.Config{DataDir: e.DataDir, Logger: log})
 		if err != nil {
 			return nil, nil, fmt.Errorf("state.etcd: %w (is another sealrun using this data_dir?)", err)
 		}

@@ -145,7 +145,7 @@ func OpenKEK(ctx context.Context, c *Config, reg prometheus.Registerer) (_ *KEK,
 			_ = k.Close()
 		}
 	}()
-	client, closers, err := openEtcd(ctx, c.State.Etcd)
+	client, closers, err := openEtcd(ctx, c.State.Etcd, nil)
 	k.closers = append(k.closers, closers...)
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -26,6 +27,8 @@ type Config struct {
 	DataDir string
 	// StartTimeout bounds waiting for the server to be ready (default 30s).
 	StartTimeout time.Duration
+	// Logger gets etcd's warnings and errors; nil discards them.
+	Logger *slog.Logger
 }
 
 // Server is a running embedded etcd.
@@ -62,7 +65,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{loop}, []url.URL{loop}
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{loop}, []url.URL{loop}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zapToSlog(cfg.Logger))
 	// A 1 MiB secret grows by a third once encrypted and base64'd.
 	ec.MaxRequestBytes = 4 << 20
 	e, err := embed.StartEtcd(ec)
