@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
-	"github.com/sealrun/sealrun/internal/configcheck"
+	"github.com/sealrun/sealrun/cmd/sealrun/configcheck"
 )
 
 // kinds maps every kind the manifests may hold to its API type. A kind not

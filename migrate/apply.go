@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/parallel"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -147,7 +148,7 @@ func Apply(ctx context.Context, plan *Plan, src Source, dst Store, opts Options)
 	units := a.units(plan.Steps)
 	var progMu sync.Mutex
 	done := 0
-	err := parallel(ctx, opts.Concurrency, len(units), func(ctx context.Context, u int) error {
+	err := parallel.Run(ctx, opts.Concurrency, len(units), func(ctx context.Context, u int) error {
 		idx := units[u]
 		var res []ItemResult
 		if len(idx) == 1 {

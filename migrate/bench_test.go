@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/sealrun/sealrun/internal/parallel"
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -76,7 +77,7 @@ func BenchmarkRawPut(b *testing.B) {
 	run := 0
 	for b.Loop() {
 		run++
-		err := parallel(context.Background(), benchConcurrency, n, func(ctx context.Context, i int) error {
+		err := parallel.Run(context.Background(), benchConcurrency, n, func(ctx context.Context, i int) error {
 			m := items[i].Model.(*secrets.Raw)
 			_, err := cli.Put(ctx, fmt.Sprintf("/raw%d/%s", run, m.Name), string(m.Value))
 			return err
@@ -100,7 +101,7 @@ func BenchmarkRawPutBatch(b *testing.B) {
 	run := 0
 	for b.Loop() {
 		run++
-		err := parallel(context.Background(), benchConcurrency, batches, func(ctx context.Context, j int) error {
+		err := parallel.Run(context.Background(), benchConcurrency, batches, func(ctx context.Context, j int) error {
 			var ops []clientv3.Op
 			for _, it := range items[j*driver.MaxBatch : min((j+1)*driver.MaxBatch, n)] {
 				m := it.Model.(*secrets.Raw)
@@ -139,7 +140,7 @@ func BenchmarkRotate100k(b *testing.B) {
 	under := etcddrv.New(cli, "/rot/secrets/")
 	value := func(i int) string { return fmt.Sprintf("value-%06d-0123456789abcdef", i) }
 	seed := overlay.New(under, ring(), overlay.Pinning)
-	err := parallel(ctx, benchConcurrency, (n+driver.MaxBatch-1)/driver.MaxBatch, func(ctx context.Context, j int) error {
+	err := parallel.Run(ctx, benchConcurrency, (n+driver.MaxBatch-1)/driver.MaxBatch, func(ctx context.Context, j int) error {
 		var puts []driver.BatchPut
 		for i := j * driver.MaxBatch; i < min((j+1)*driver.MaxBatch, n); i++ {
 			puts = append(puts, driver.BatchPut{Key: fmt.Sprintf("r/%06d", i), Value: []byte(value(i))})
@@ -173,7 +174,7 @@ func BenchmarkRotate100k(b *testing.B) {
 				}
 			}()
 		}
-		rep, err := Reencrypt(ctx, under, r, overlay.Pinning, RotateOptions{BatchSize: driver.MaxBatch})
+		rep, err := overlay.Reencrypt(ctx, under, r, overlay.Pinning, overlay.RotateOptions{BatchSize: driver.MaxBatch})
 		stop()
 		wg.Wait()
 		if err != nil || rep.Resealed != n || len(rep.Failed) != 0 || rep.Referenced[r.CurrentID()] != n {

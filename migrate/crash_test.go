@@ -107,8 +107,8 @@ func crashChild() int {
 		}
 		report = rep
 	case "rotate":
-		rep, err := Reencrypt(ctx, etcddrv.New(cli, crashSecrets), ring, overlay.Pinning,
-			RotateOptions{BatchSize: driver.MaxBatch, Concurrency: 4, Progress: progress})
+		rep, err := overlay.Reencrypt(ctx, etcddrv.New(cli, crashSecrets), ring, overlay.Pinning,
+			overlay.RotateOptions{BatchSize: driver.MaxBatch, Concurrency: 4, Progress: progress})
 		if err != nil {
 			return fail(err)
 		}
@@ -330,7 +330,7 @@ func TestRotateSurvivesSIGKILL(t *testing.T) {
 
 	report := filepath.Join(t.TempDir(), "rotate.json")
 	endpoint := cli.Endpoints()[0]
-	var rep RotateReport
+	var rep overlay.RotateReport
 	crashRounds(t, "rotate", endpoint, keyEnv, report, rnd, n, rounds, nil, &rep)
 	reads, failures := stop()
 	if failures != 0 || reads == 0 {

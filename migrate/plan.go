@@ -6,8 +6,8 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
-	"sync"
 
+	"github.com/sealrun/sealrun/internal/parallel"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -148,7 +148,7 @@ func NewPlan(ctx context.Context, items []Item, dst Store, concurrency int) (*Pl
 		}
 		return p, nil
 	}
-	err := parallel(ctx, concurrency, len(present), func(ctx context.Context, j int) error {
+	err := parallel.Run(ctx, concurrency, len(present), func(ctx context.Context, j int) error {
 		return planOne(ctx, &p.Steps[present[j]], dst)
 	})
 	if err != nil {
@@ -218,7 +218,7 @@ func planBatched(ctx context.Context, p *Plan, present []int, bs BatchStore, con
 			chunks = append(chunks, open[secret])
 		}
 	}
-	return parallel(ctx, concurrency, len(chunks), func(ctx context.Context, c int) error {
+	return parallel.Run(ctx, concurrency, len(chunks), func(ctx context.Context, c int) error {
 		idx := chunks[c]
 		ms := make([]secrets.Model, len(idx))
 		for j, i := range idx {
@@ -252,38 +252,4 @@ func planBatched(ctx context.Context, p *Plan, present []int, bs BatchStore, con
 		}
 		return nil
 	})
-}
-
-// parallel runs fn(0..n-1) with at most workers at once and returns the
-// first error; after an error or cancellation no new calls start.
-func parallel(ctx context.Context, workers, n int, fn func(context.Context, int) error) error {
-	if workers < 1 {
-		workers = 1
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(workers, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := fn(ctx, i); err != nil {
-					cancel(err)
-				}
-			}
-		}()
-	}
-feed:
-	for i := range n {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(next)
-	wg.Wait()
-	return context.Cause(ctx)
 }

@@ -90,7 +90,7 @@ func TestRotateMasterKey(t *testing.T) {
 		}
 		batches, last = batches+1, done
 	}
-	rep, err := Reencrypt(ctx, under, after.ring, overlay.Pinning, RotateOptions{BatchSize: 50, Progress: progress})
+	rep, err := overlay.Reencrypt(ctx, under, after.ring, overlay.Pinning, overlay.RotateOptions{BatchSize: 50, Progress: progress})
 	time.Sleep(50 * time.Millisecond)
 	reads, readFailures := stop()
 	stopWriter()
@@ -132,7 +132,7 @@ func TestRotateMasterKey(t *testing.T) {
 		}
 	}
 	// Rerun (resume): nothing left to do.
-	rep, err = Reencrypt(ctx, under, after.ring, overlay.Pinning, RotateOptions{})
+	rep, err = overlay.Reencrypt(ctx, under, after.ring, overlay.Pinning, overlay.RotateOptions{})
 	if err != nil || rep.Resealed != 0 || rep.AlreadyCurrent != n+1 {
 		t.Fatalf("rerun: %+v %v", rep, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	yaml "go.yaml.in/yaml/v3"
 
+	"github.com/sealrun/sealrun/internal/configfile"
 	"github.com/sealrun/sealrun/internal/credpath"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
@@ -92,14 +93,14 @@ const (
 
 // LoadConfig reads and validates a proxy configuration file.
 func LoadConfig(path string) (*Config, error) {
-	return storageconfig.LoadFile(path, "proxy", DecodeConfig)
+	return configfile.Load(path, "proxy", DecodeConfig)
 }
 
 // DecodeConfig strictly decodes one YAML document, applies defaults and
 // validates.
 func DecodeConfig(r io.Reader) (*Config, error) {
 	var c Config
-	if err := storageconfig.DecodeStrict(r, &c); err != nil {
+	if err := configfile.DecodeStrict(r, &c); err != nil {
 		return nil, err
 	}
 	if c.Storage.Kind == 0 {

@@ -11,6 +11,7 @@ import (
 
 	yaml "go.yaml.in/yaml/v3"
 
+	"github.com/sealrun/sealrun/internal/configfile"
 	"github.com/sealrun/sealrun/internal/credpath"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
@@ -177,14 +178,14 @@ type HTTP struct {
 
 // LoadConfig reads and validates the file at path.
 func LoadConfig(path string) (*Config, error) {
-	return storageconfig.LoadFile(path, "runner", DecodeConfig)
+	return configfile.Load(path, "runner", DecodeConfig)
 }
 
 // DecodeConfig strictly decodes one YAML document, applies defaults and
 // validates. It touches no files.
 func DecodeConfig(r io.Reader) (*Config, error) {
 	var c Config
-	if err := storageconfig.DecodeStrict(r, &c); err != nil {
+	if err := configfile.DecodeStrict(r, &c); err != nil {
 		return nil, err
 	}
 	if c.Storage.Kind != 0 {

@@ -7,7 +7,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/sealrun/sealrun/internal/configcheck"
+	"github.com/sealrun/sealrun/cmd/sealrun/configcheck"
 )
 
 // defaults are the complete, commented configurations print-default writes.

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/sealrun/sealrun/internal/configcheck"
+	"github.com/sealrun/sealrun/cmd/sealrun/configcheck"
 	"github.com/sealrun/sealrun/internal/logfmt"
 	"github.com/sealrun/sealrun/proxy"
 	"github.com/sealrun/sealrun/runner"

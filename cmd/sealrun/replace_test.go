@@ -53,7 +53,7 @@ func TestSecretsPutReplaceIsAtomic(t *testing.T) {
 		}
 	}
 	newClient := func() *client.Client {
-		c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: srv.Key, Retries: 1, Timeout: 5 * time.Second, CacheTTL: time.Nanosecond})
+		c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: client.APIKey(srv.Key), Retries: 1, Timeout: 5 * time.Second, CacheTTL: time.Nanosecond})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -133,15 +133,15 @@ old_keys once every process has reloaded.`, rotateExamples)
 	}
 	bar := newProgress(s.out)
 	start := time.Now()
-	rep, err := migrate.Reencrypt(ctx, parts.Under, parts.Ring, parts.Protection,
-		migrate.RotateOptions{BatchSize: *batch, Concurrency: *concurrency, Progress: bar.update})
+	rep, err := overlay.Reencrypt(ctx, parts.Under, parts.Ring, parts.Protection,
+		overlay.RotateOptions{BatchSize: *batch, Concurrency: *concurrency, Progress: bar.update})
 	bar.finish()
 	if err != nil {
 		return failure(s, fs, err)
 	}
 	// The Custodia namespace's records are re-sealed the same way.
-	crep, err := migrate.Reencrypt(ctx, parts.Custodia, parts.Ring, parts.Protection,
-		migrate.RotateOptions{BatchSize: *batch, Concurrency: *concurrency})
+	crep, err := overlay.Reencrypt(ctx, parts.Custodia, parts.Ring, parts.Protection,
+		overlay.RotateOptions{BatchSize: *batch, Concurrency: *concurrency})
 	if err != nil {
 		return failure(s, fs, err)
 	}
@@ -184,11 +184,11 @@ func runRotateStatus(ctx context.Context, s stdio, args []string) int {
 		return failure(s, fs, err)
 	}
 	defer parts.Close()
-	use, err := migrate.KeyUsage(ctx, parts.Under)
+	use, err := overlay.KeyUsage(ctx, parts.Under)
 	if err != nil {
 		return failure(s, fs, err)
 	}
-	cuse, err := migrate.KeyUsage(ctx, parts.Custodia)
+	cuse, err := overlay.KeyUsage(ctx, parts.Custodia)
 	if err != nil {
 		return failure(s, fs, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/configfile"
 	"github.com/sealrun/sealrun/internal/credpath"
 )
 
@@ -135,14 +136,14 @@ type TLS struct {
 }
 
 // Load reads and validates the file at path.
-func Load(path string) (*Config, error) { return LoadFile(path, "storage", Decode) }
+func Load(path string) (*Config, error) { return configfile.Load(path, "storage", Decode) }
 
 // Decode strictly decodes one YAML document (an unknown field is an error
 // naming it), applies defaults and the etcdctl environment where the file
 // leaves the cluster open (see etcdenv.go), and validates.
 func Decode(r io.Reader) (*Config, error) {
 	var c Config
-	if err := DecodeStrict(r, &c); err != nil {
+	if err := configfile.DecodeStrict(r, &c); err != nil {
 		return nil, err
 	}
 	c.setDefaults()

@@ -38,7 +38,7 @@ func TestProxyAndRealCustodiaShareRecords(t *testing.T) {
 	t.Cleanup(func() { store.Close() })
 	srv := proxytest.Start(t, store, "app", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}},
 		func(o *proxy.Options) { o.IDHeader, o.KeyHeader = s.IDHeader, s.KeyHeader })
-	c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: srv.Key, IDHeader: s.IDHeader, KeyHeader: s.KeyHeader})
+	c, err := client.New(client.Config{Socket: srv.Socket, ID: srv.ID, Key: client.APIKey(srv.Key), IDHeader: s.IDHeader, KeyHeader: s.KeyHeader})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package migrate
+package overlay
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/sealrun/sealrun/internal/parallel"
 	"github.com/sealrun/sealrun/storage/driver"
-	"github.com/sealrun/sealrun/storage/overlay"
 )
 
 // RotateOptions configure Reencrypt.
@@ -62,7 +62,7 @@ func (r *RotateReport) Merge(o *RotateReport) {
 // their ring holds both keys: each record is replaced atomically. Records
 // without a pin are pinned on the way (unless prot is Encrypt). Rerunning
 // after an interruption resumes: records already current are skipped.
-func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, prot overlay.Protection, o RotateOptions) (*RotateReport, error) {
+func Reencrypt(ctx context.Context, under driver.Driver, ring *KeyRing, prot Protection, o RotateOptions) (*RotateReport, error) {
 	if o.BatchSize <= 0 {
 		o.BatchSize = 100
 	}
@@ -70,12 +70,12 @@ func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, 
 		o.Concurrency = 4
 	}
 	readProt := prot
-	if prot == overlay.Pinning {
+	if prot == Pinning {
 		// Accept Custodia's unpinned values so they can be pinned now; Seal
 		// pins in both modes.
-		readProt = overlay.Migrate
+		readProt = Migrate
 	}
-	ov := overlay.New(under, ring, readProt)
+	ov := New(under, ring, readProt)
 	cur := ring.CurrentID()
 	rep := &RotateReport{CurrentKey: cur, Referenced: map[string]int{}}
 	keys, err := under.List(ctx, "")
@@ -105,7 +105,7 @@ func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, 
 		size := min(o.BatchSize, driver.MaxBatch)
 		steps := (len(keys) + size - 1) / size
 		done := 0
-		err := parallel(ctx, o.Concurrency, steps, func(ctx context.Context, j int) error {
+		err := parallel.Run(ctx, o.Concurrency, steps, func(ctx context.Context, j int) error {
 			batch := keys[j*size : min((j+1)*size, len(keys))]
 			if err := resealBatch(ctx, under, bg, b, ov, cur, batch, count); err != nil {
 				return err
@@ -125,7 +125,7 @@ func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, 
 	}
 	for start := 0; !(canGet && canPut) && start < len(keys); start += o.BatchSize {
 		batch := keys[start:min(start+o.BatchSize, len(keys))]
-		err := parallel(ctx, o.Concurrency, len(batch), func(ctx context.Context, i int) error {
+		err := parallel.Run(ctx, o.Concurrency, len(batch), func(ctx context.Context, i int) error {
 			outcome, err := reseal(ctx, under, ov, cur, batch[i])
 			if err != nil && ctx.Err() != nil {
 				return ctx.Err()
@@ -153,7 +153,7 @@ func Reencrypt(ctx context.Context, under driver.Driver, ring *overlay.KeyRing, 
 // record changed meanwhile, or any other error) each of them is retried on
 // its own with reseal, so one busy record costs only its own retries. It
 // returns an error only when ctx ends; record failures go to count.
-func resealBatch(ctx context.Context, under driver.Driver, bg driver.BatchGetter, b driver.Batcher, ov *overlay.Driver,
+func resealBatch(ctx context.Context, under driver.Driver, bg driver.BatchGetter, b driver.Batcher, ov *Driver,
 	cur string, keys []string, count func(outcome, key string, err error)) error {
 	one := func(key string) error {
 		outcome, err := reseal(ctx, under, ov, cur, key)
@@ -212,11 +212,11 @@ func resealBatch(ctx context.Context, under driver.Driver, bg driver.BatchGetter
 // resealValue is e's value sealed under the current key, or nil if it is
 // sealed under it already (kid cur: only sealrun writes a kid, and it pins
 // whenever protection asks).
-func resealValue(ov *overlay.Driver, cur string, e driver.Entry) ([]byte, error) {
+func resealValue(ov *Driver, cur string, e driver.Entry) ([]byte, error) {
 	if len(e.Value) == 0 {
 		return nil, nil // a Custodia container record: nothing sealed
 	}
-	kid, err := overlay.KeyID(string(e.Value))
+	kid, err := KeyID(string(e.Value))
 	if err != nil || kid == cur {
 		return nil, err
 	}
@@ -233,7 +233,7 @@ func resealValue(ov *overlay.Driver, cur string, e driver.Entry) ([]byte, error)
 }
 
 // reseal re-seals one record; the outcome is "resealed", "current" or "gone".
-func reseal(ctx context.Context, under driver.Driver, ov *overlay.Driver, cur, key string) (string, error) {
+func reseal(ctx context.Context, under driver.Driver, ov *Driver, cur, key string) (string, error) {
 	for range 5 {
 		e, err := under.Get(ctx, key)
 		if under.ErrorCode(err) == driver.NotFound {
@@ -276,7 +276,7 @@ func KeyUsage(ctx context.Context, under driver.Driver) (map[string]int, error) 
 		if len(value) == 0 {
 			return // a Custodia container record: nothing sealed
 		}
-		kid, err := overlay.KeyID(string(value))
+		kid, err := KeyID(string(value))
 		if err != nil {
 			kid = "(not a sealed value)"
 		}
@@ -286,7 +286,7 @@ func KeyUsage(ctx context.Context, under driver.Driver) (map[string]int, error) 
 	}
 	if bg, ok := under.(driver.BatchGetter); ok {
 		n := (len(keys) + driver.MaxBatch - 1) / driver.MaxBatch
-		err := parallel(ctx, 4, n, func(ctx context.Context, j int) error {
+		err := parallel.Run(ctx, 4, n, func(ctx context.Context, j int) error {
 			entries, err := bg.GetBatch(ctx, keys[j*driver.MaxBatch:min((j+1)*driver.MaxBatch, len(keys))])
 			if err != nil {
 				return fmt.Errorf("key usage: %w", err)

@@ -1,7 +1,9 @@
 // Package configcheck loads sealrun's configuration files with the loaders
 // the components themselves use, and checks that a file writes out every
 // option (how the shipped examples and defaults are kept complete). It backs
-// "sealrun config check" and the deployment tests.
+// "sealrun config check" and the deployment tests. It is the CLI's: it
+// imports the components (proxy, runner), so it cannot sit below them in
+// internal/.
 package configcheck
 
 import (
