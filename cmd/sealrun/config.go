@@ -48,16 +48,19 @@ Run "sealrun config <command> --help" for flags and examples.
 }
 
 func runConfigCheck(_ context.Context, s stdio, args []string) int {
-	fs := newFlags(s, "config check [--kind K] [--complete] FILE",
+	fs := newFlags(s, "config check [--kind K] [--complete] FILE...",
 		`Load a configuration file with the loader the component itself uses (every
 field name checked, defaults applied, values validated) and report the first
 problem. The kind is detected from the top-level keys: amqp or queues make a
 runner config, other files with storage a proxy config, and secrets and
 state a storage config. Paths written as ${CREDENTIALS_DIRECTORY}/name are
 expanded as under systemd; set the variable to check such a file elsewhere.
-Exits 0 when the file loads, 1 with the error otherwise.`,
+Several files are each checked and reported, one line each; exits 0 when
+every file loads, 1 (after checking the rest) when any does not.`,
 		`  sealrun config check /etc/sealrun/proxy.yaml
   CREDENTIALS_DIRECTORY=/etc/sealrun/credentials sealrun config check /etc/sealrun/proxy.yaml
+
+  sealrun config check /etc/sealrun/proxy.yaml /etc/sealrun/runner.yaml
 
   # also require every option to be written out (how configs/ is tested)
   sealrun config check --complete configs/proxy-vault.yaml`)
@@ -66,24 +69,35 @@ Exits 0 when the file loads, 1 with the error otherwise.`,
 	if code, ok := parse(fs, s, args); !ok {
 		return code
 	}
-	if fs.NArg() != 1 {
-		return usageError(s, fs, "give exactly one FILE")
+	if fs.NArg() == 0 {
+		return usageError(s, fs, "give at least one FILE")
 	}
-	path := fs.Arg(0)
+	code := exitOK
+	for _, path := range fs.Args() {
+		k, err := checkConfigFile(path, *kind, *complete)
+		if err != nil {
+			fmt.Fprintf(s.err, "sealrun %s: %v\n", fs.Name(), err)
+			code = exitError
+			continue
+		}
+		fmt.Fprintf(s.out, "%s: ok (%s config)\n", path, k)
+	}
+	return code
+}
+
+// checkConfigFile loads path as kind (detected when empty) and returns the
+// kind it was checked as.
+func checkConfigFile(path, kind string, complete bool) (string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return failure(s, fs, err)
+		return "", err
 	}
-	if *kind == "" {
-		if *kind, err = configcheck.DetectKind(data); err != nil {
-			return failure(s, fs, fmt.Errorf("%s: %w", path, err))
+	if kind == "" {
+		if kind, err = configcheck.DetectKind(data); err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
 		}
 	}
-	if err := configcheck.Check(*kind, path, data, *complete); err != nil {
-		return failure(s, fs, err)
-	}
-	fmt.Fprintf(s.out, "%s: ok (%s config)\n", path, *kind)
-	return exitOK
+	return kind, configcheck.Check(kind, path, data, complete)
 }
 
 func runConfigPrintDefault(_ context.Context, s stdio, args []string) int {

@@ -168,3 +168,40 @@ func TestConfigExamplePorts(t *testing.T) {
 		}
 	}
 }
+
+// Several files: each is checked and reported, a bad one in the middle does
+// not hide the ones after it, and the exit code says one failed.
+func TestConfigCheckSeveralFiles(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/sealrun-secrets.service")
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("storage:\n  bogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good1, good2 := "../../configs/proxy.yaml", "../../configs/sealrun.yaml"
+	code, out, errOut := runCLI(t, "", "config", "check", good1, bad, good2)
+	if code != exitError {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if !strings.Contains(out, good1+": ok (proxy config)") || !strings.Contains(out, good2+": ok (storage config)") {
+		t.Errorf("stdout %q: want both good files reported ok", out)
+	}
+	if !strings.Contains(errOut, bad) || !strings.Contains(errOut, "bogus") {
+		t.Errorf("stderr %q: want the bad file and its unknown field named", errOut)
+	}
+	if code, out, _ := runCLI(t, "", "config", "check", good1, good2); code != exitOK || strings.Count(out, ": ok") != 2 {
+		t.Errorf("two good files: exit %d, stdout %q", code, out)
+	}
+}
+
+// Progress is for a person at a terminal: written to a pipe or a file it
+// writes nothing, so a report piped on stays the report alone.
+func TestProgressOnlyOnATerminal(t *testing.T) {
+	var buf strings.Builder
+	p := newProgress(&buf)
+	p.update(5, 10)
+	p.update(10, 10)
+	p.finish()
+	if buf.Len() != 0 {
+		t.Errorf("progress written to a non-terminal: %q", buf.String())
+	}
+}

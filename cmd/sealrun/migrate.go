@@ -155,7 +155,7 @@ source, and with an embedded etcd the proxy using it must be stopped.`,
 		dst = st
 	}
 
-	bar := newProgress(s.out)
+	bar := newProgress(s.err)
 	rep, runErr := migrate.Run(ctx, src, dst, migrate.Options{
 		From: spec.String(), To: *to, OnConflict: policy, Verify: *verify, DeleteSource: *deleteSource,
 		DryRun: *dryRun, Concurrency: *concurrency, BatchSize: *batchSize, Checkpoint: checkpoint, Progress: bar.update,
@@ -208,16 +208,16 @@ func printMigrateReport(w io.Writer, rep *migrate.Report) {
 	fmt.Fprintf(w, "%s: %d item(s) from %s: %s\n", what, rep.Total, rep.From, rep.Summary())
 }
 
-// progress draws a bar on a terminal and prints a line every 10% otherwise.
+// progress draws a bar on stderr when stderr is a terminal, and nothing
+// otherwise: the report on stdout stays clean for a pipe or a file.
 type progress struct {
-	w       io.Writer
-	tty     bool
-	lastPct int
-	drawn   bool
+	w     io.Writer
+	tty   bool
+	drawn bool
 }
 
 func newProgress(w io.Writer) *progress {
-	p := &progress{w: w, lastPct: -1}
+	p := &progress{w: w}
 	if f, ok := w.(*os.File); ok {
 		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 			p.tty = true
@@ -227,21 +227,13 @@ func newProgress(w io.Writer) *progress {
 }
 
 func (p *progress) update(done, total int) {
-	if total == 0 {
+	if total == 0 || !p.tty {
 		return
 	}
-	pct := done * 100 / total
-	if p.tty {
-		const width = 30
-		n := done * width / total
-		fmt.Fprintf(p.w, "\r[%s%s] %d/%d", strings.Repeat("#", n), strings.Repeat(".", width-n), done, total)
-		p.drawn = true
-		return
-	}
-	if pct/10 != p.lastPct/10 || done == total {
-		p.lastPct = pct
-		fmt.Fprintf(p.w, "progress: %d/%d (%d%%)\n", done, total, pct)
-	}
+	const width = 30
+	n := done * width / total
+	fmt.Fprintf(p.w, "\r[%s%s] %d/%d", strings.Repeat("#", n), strings.Repeat(".", width-n), done, total)
+	p.drawn = true
 }
 
 func (p *progress) finish() {

@@ -131,7 +131,7 @@ old_keys once every process has reloaded.`, rotateExamples)
 	if up > 0 {
 		fmt.Fprintf(s.out, "rewrote %d Custodia API record(s) from sealrun's older wrapped form into Custodia's own layout\n", up)
 	}
-	bar := newProgress(s.out)
+	bar := newProgress(s.err)
 	start := time.Now()
 	rep, err := overlay.Reencrypt(ctx, parts.Under, parts.Ring, parts.Protection,
 		overlay.RotateOptions{BatchSize: *batch, Concurrency: *concurrency, Progress: bar.update})
