@@ -226,6 +226,17 @@ corrupted shares, and fewer than K are refused. The key file is written 0600
 
 // storePrefixes are the etcd prefixes of cfg's store: state, the overlay's
 // ciphertexts and its wrapped DEKs.
+// loadStoreConfig is the storage configuration at path and the prefixes a
+// store backup covers under it.
+func loadStoreConfig(path string) (*storageconfig.Config, backup.Prefixes, error) {
+	cfg, err := loadStorageConfig(path)
+	if err != nil {
+		return nil, backup.Prefixes{}, err
+	}
+	prefixes, err := storePrefixes(cfg)
+	return cfg, prefixes, err
+}
+
 func storePrefixes(cfg *storageconfig.Config) (backup.Prefixes, error) {
 	var p backup.Prefixes
 	if cfg.State.Backend != "etcd" {
@@ -264,11 +275,7 @@ overwrites another. With an embedded etcd (data_dir), stop the proxy first.`, ba
 	if *cfgPath == "" || *out == "" || fs.NArg() != 0 {
 		return usageError(s, fs, "--config FILE and --out FILE are required and no arguments are taken")
 	}
-	cfg, err := loadStorageConfig(*cfgPath)
-	if err != nil {
-		return failure(s, fs, err)
-	}
-	prefixes, err := storePrefixes(cfg)
+	cfg, prefixes, err := loadStoreConfig(*cfgPath)
 	if err != nil {
 		return failure(s, fs, err)
 	}
@@ -308,11 +315,7 @@ start the proxy with the restored master key (sealrun backup restore).`, backupE
 	if *cfgPath == "" || *in == "" || fs.NArg() != 0 {
 		return usageError(s, fs, "--config FILE and --in FILE are required and no arguments are taken")
 	}
-	cfg, err := loadStorageConfig(*cfgPath)
-	if err != nil {
-		return failure(s, fs, err)
-	}
-	prefixes, err := storePrefixes(cfg)
+	cfg, prefixes, err := loadStoreConfig(*cfgPath)
 	if err != nil {
 		return failure(s, fs, err)
 	}
