@@ -170,7 +170,7 @@ func (c *Credentials) setLive(live bool) {
 	c.mu.Unlock()
 }
 
-// errUnauthenticated is a 401 whatever the cause, so a caller cannot probe
+// errUnauthenticated is one answer (403) whatever the cause, so a caller cannot probe
 // which ids exist.
 var errUnauthenticated = errors.New("unknown API id or wrong key")
 

@@ -13,12 +13,24 @@ const MaxPathLen = 1024
 // errBadPath is a 400: the path is refused before authorization or storage.
 var errBadPath = errors.New("bad path")
 
+// errNoSuchPath is a 404, answered after authentication: a "." or ".."
+// segment. Custodia looks such a name up literally and finds nothing; the
+// proxy never resolves it (no traversal) and never looks it up.
+var errNoSuchPath = errors.New(`no such secret or container ("." and ".." segments name nothing)`)
+
+// errNotServed is a 403, answered after authentication: a path outside
+// /secrets/, which Custodia's path authorization refuses.
+var errNotServed = errors.New("only / and /secrets/... are served")
+
 // cleanSecretPath checks the raw (still percent-encoded) request path and
 // returns the name under /secrets/ and whether it names a container (trailing
-// slash). Custodia's etcd client silently truncated names at '?' or '#'
-// (aliasing two names to one value); we refuse anything ambiguous instead:
-// "..", ".", empty segments ("//"), NUL and control bytes, percent-encoded
-// slashes or dots, invalid UTF-8 and over-long paths.
+// slash). Refused with errBadPath, before authentication: NUL and control
+// bytes, backslashes, percent-encoded slashes, backslashes, dots or NUL
+// (Custodia decodes "%2F" into the name while its path authorization checks
+// the encoded path, so an encoded slash crosses an authz boundary), invalid
+// UTF-8 and over-long paths. Empty segments ("c//x") collapse, as Custodia
+// joins them away; authorization sees the collapsed name, so nothing is
+// aliased past it. "." and ".." segments are errNoSuchPath.
 func cleanSecretPath(rawPath, decoded string) (name string, container bool, err error) {
 	bad := func(why string) (string, bool, error) { return "", false, fmt.Errorf("%w: %s", errBadPath, why) }
 	if len(rawPath) > MaxPathLen || len(decoded) > MaxPathLen {
@@ -43,20 +55,22 @@ func cleanSecretPath(rawPath, decoded string) (name string, container bool, err 
 		if decoded == "/secrets" {
 			return "", true, nil
 		}
-		return bad("not under /secrets/")
+		return "", false, errNotServed
 	}
-	if rest == "" {
-		return "", true, nil // the root container
-	}
-	container = strings.HasSuffix(rest, "/")
-	body := strings.TrimSuffix(rest, "/")
-	for _, seg := range strings.Split(body, "/") {
+	container = rest == "" || strings.HasSuffix(rest, "/")
+	var segs []string
+	dots := false
+	for _, seg := range strings.Split(rest, "/") {
 		switch seg {
 		case "":
-			return bad("empty path segment (//)")
+			continue
 		case ".", "..":
-			return bad(`"." or ".." segment`)
+			dots = true
 		}
+		segs = append(segs, seg)
 	}
-	return body, container, nil
+	if dots {
+		return "", false, errNoSuchPath // after the checks above: those come first
+	}
+	return strings.Join(segs, "/"), container || len(segs) == 0, nil
 }

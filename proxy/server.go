@@ -207,14 +207,6 @@ func mutation(err error) error {
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/" {
-		if r.Method != http.MethodGet {
-			http.Error(w, `{"error":"method not allowed"}`, http.StatusMethodNotAllowed)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"message": "sealrun secrets proxy"})
-		return
-	}
 	q := &request{w: w, r: r, start: time.Now(), verb: methodLabel(r.Method)}
 	escaped := r.URL.EscapedPath()
 	q.rec = audit.Entry{Verb: r.Method, Path: truncate(escaped, MaxPathLen)}
@@ -237,10 +229,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) serve(q *request, escaped string) error {
 	r := q.r
-	name, container, err := cleanSecretPath(escaped, r.URL.Path)
-	if err != nil {
-		return fail(http.StatusBadRequest, "%v", err)
+	root := r.URL.Path == "/"
+	var name string
+	var container bool
+	var pathErr error
+	if !root {
+		name, container, pathErr = cleanSecretPath(escaped, r.URL.Path)
+		if errors.Is(pathErr, errBadPath) {
+			return fail(http.StatusBadRequest, "%v", pathErr)
+		}
 	}
+	// Everything else is answered to authenticated clients only, as
+	// Custodia does (GET / included).
 	cred, err := s.authenticate(q)
 	if err != nil {
 		return err
@@ -250,9 +250,22 @@ func (s *Server) serve(q *request, escaped string) error {
 		q.w.Header().Set("Retry-After", "1")
 		return fail(http.StatusTooManyRequests, "rate limit of %.0f requests/s for credential %s exceeded", s.o.Rate, cred.ID)
 	}
+	if root {
+		return s.serveRoot(q)
+	}
+	if errors.Is(pathErr, errNotServed) {
+		return fail(http.StatusForbidden, "%v", pathErr)
+	}
+	if pathErr != nil {
+		return fail(http.StatusNotFound, "%v", pathErr)
+	}
 	verb, err := verbOf(r, container)
 	if err != nil {
 		return err
+	}
+	if !container && !strings.Contains(name, "/") {
+		// Custodia: "Operation only permitted within a container".
+		return fail(http.StatusForbidden, "/secrets/%s: values live in a container (/secrets/<container>/%s); create one with POST /secrets/<container>/", name, name)
 	}
 	q.verb, q.rec.Op = verb, verb
 	authzPath := "/secrets/" + name
@@ -326,6 +339,19 @@ func (s *Server) serve(q *request, escaped string) error {
 	return fail(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
 }
 
+// serveRoot answers "/" as Custodia's Root does: a liveness message to GET.
+func (s *Server) serveRoot(q *request) error {
+	switch q.r.Method {
+	case http.MethodGet:
+		return s.respond(q, http.StatusOK, "", func() {
+			writeJSON(q.w, http.StatusOK, map[string]string{"message": "sealrun secrets proxy"})
+		})
+	case http.MethodPut, http.MethodPost, http.MethodDelete:
+		return fail(http.StatusMethodNotAllowed, "%s / is not served: secrets are under /secrets/", q.r.Method)
+	}
+	return fail(http.StatusNotImplemented, "method %s not implemented", q.r.Method)
+}
+
 // verbOf maps method and path shape to an authorization verb.
 func verbOf(r *http.Request, container bool) (string, error) {
 	switch {
@@ -343,9 +369,9 @@ func verbOf(r *http.Request, container bool) (string, error) {
 		return "create", nil
 	case r.Method == http.MethodPut, r.Method == http.MethodPost:
 		return "", fail(http.StatusMethodNotAllowed, "%s needs %s", r.Method, map[bool]string{true: "a secret name (no trailing slash)", false: "a container (trailing slash)"}[r.Method == http.MethodPut])
-	case r.Method == http.MethodHead, r.Method == http.MethodPatch, r.Method == http.MethodOptions:
-		return "", fail(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
 	}
+	// Custodia serves GET, PUT, POST and DELETE only and answers 501 to
+	// any other method.
 	return "", fail(http.StatusNotImplemented, "method %s not implemented", r.Method)
 }
 
@@ -385,15 +411,20 @@ func (s *Server) authenticate(q *request) (*secrets.APICredential, error) {
 		s.failures.get(fk).Allow()
 		s.peerFail.get(peer).Allow()
 	}
+	// A failed or missing authentication is 403, as Custodia's
+	// SimpleAuthKeys answers it; wire.UnauthenticatedHeader tells
+	// sealrun's client it was the credential, not the path.
 	if id == "" || key == "" {
 		failed()
-		return nil, fail(http.StatusUnauthorized, "missing %s or %s header", s.o.IDHeader, s.o.KeyHeader)
+		q.w.Header().Set(wire.UnauthenticatedHeader, "1")
+		return nil, fail(http.StatusForbidden, "missing %s or %s header", s.o.IDHeader, s.o.KeyHeader)
 	}
 	q.rec.Credential = truncate(id, 128)
 	cred, err := s.o.Credentials.Authenticate(q.r.Context(), id, key)
 	if errors.Is(err, errUnauthenticated) {
 		failed()
-		return nil, fail(http.StatusUnauthorized, "%v", err)
+		q.w.Header().Set(wire.UnauthenticatedHeader, "1")
+		return nil, fail(http.StatusForbidden, "%v (check the %s and %s headers)", err, s.o.IDHeader, s.o.KeyHeader)
 	}
 	if err != nil {
 		return nil, err
@@ -530,7 +561,9 @@ func (s *Server) readValue(q *request) (value, error) {
 	switch ct {
 	case "application/octet-stream":
 		if len(body) == 0 {
-			return nil, fail(http.StatusBadRequest, "empty values cannot be stored")
+			// Custodia reads an empty body as none (400); an empty
+			// value is stored as JSON {"value": ""}.
+			return nil, fail(http.StatusBadRequest, `no body: send the value, or an empty one as JSON {"type": "simple", "value": ""}`)
 		}
 		return value(base64.StdEncoding.EncodeToString(body)), nil
 	case "application/json":
@@ -550,9 +583,6 @@ func (s *Server) readValue(q *request) (value, error) {
 	var v string
 	if msg.Value == nil || json.Unmarshal(*msg.Value, &v) != nil {
 		return nil, fail(http.StatusBadRequest, "value must be a string")
-	}
-	if v == "" {
-		return nil, fail(http.StatusBadRequest, "empty values cannot be stored")
 	}
 	return value(v), nil
 }

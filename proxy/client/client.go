@@ -240,7 +240,7 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr
 	if resp.StatusCode < 300 {
 		return out, false, nil
 	}
-	e := errorFor(resp.StatusCode, out)
+	e := errorFor(resp.StatusCode, resp.Header, out)
 	// A change answered 503 may have been made (the proxy's backend timed
 	// out after committing it): repeated only if the proxy says it was not.
 	retry := errors.Is(e, ErrUnavailable) && (idempotent || resp.Header.Get(wire.NotAppliedHeader) == "1")
@@ -254,8 +254,10 @@ func isDialError(err error) bool {
 }
 
 // errorFor turns a non-2xx answer into an *Error wrapping the typed error a
-// caller decides on; 503 and 429 are ErrUnavailable (worth retrying).
-func errorFor(status int, body []byte) *Error {
+// caller decides on; 503 and 429 are ErrUnavailable (worth retrying). A 403
+// is ErrUnauthorized when the proxy marks it a failed authentication (it
+// answers 403 for both, as Custodia does); 401 is from older proxies.
+func errorFor(status int, h http.Header, body []byte) *Error {
 	var eb struct{ Error string }
 	json.Unmarshal(body, &eb)
 	e := &Error{Status: status, Msg: eb.Error}
@@ -266,6 +268,9 @@ func errorFor(status int, body []byte) *Error {
 		e.kind = ErrUnauthorized
 	case http.StatusForbidden:
 		e.kind = ErrForbidden
+		if h.Get(wire.UnauthenticatedHeader) != "" {
+			e.kind = ErrUnauthorized
+		}
 	case http.StatusConflict:
 		e.kind = ErrConflict
 	case http.StatusPreconditionFailed:
@@ -415,7 +420,7 @@ func (c *Client) Watch(ctx context.Context, container string) (events <-chan Eve
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		e := errorFor(resp.StatusCode, b)
+		e := errorFor(resp.StatusCode, resp.Header, b)
 		if e.kind == nil {
 			e.kind = ErrUnavailable
 		}

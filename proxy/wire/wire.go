@@ -22,6 +22,12 @@ const (
 // client may repeat even a PUT or DELETE.
 const NotAppliedHeader = "Sealrun-Not-Applied"
 
+// UnauthenticatedHeader marks a 403 as a failed or missing authentication.
+// The proxy answers 403 for both a bad credential and a forbidden path, as
+// Custodia 0.6's SimpleAuthKeys does (its clients see the same status); the
+// header lets sealrun's own client tell the user which one to fix.
+const UnauthenticatedHeader = "Sealrun-Unauthenticated"
+
 // Root is the prefix of every secret path.
 const Root = "/secrets/"
 
