@@ -202,6 +202,10 @@ func custodiaError(what string, err error, root bool) error {
 	}
 	hint := ""
 	switch {
+	case errors.Is(ce, client.ErrUnauthorized):
+		// A sealrun proxy marks the 403 of a refused credential; Custodia's
+		// 403s are unmarked, so for Custodia the cases below decide.
+		hint = "; the source refused the credential: check the id, key and header names (id_header, key_header) in --source-auth"
 	case ce.Status == 403 && root:
 		hint = "; Custodia refuses listing /secrets/ itself: name the containers to walk with --containers a,b/c (or --containers @FILE)"
 	case ce.Status == 403:

@@ -207,7 +207,7 @@ func TestCustodiaSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	values := map[string]string{"hosts/h1": "ssh-pass-one-" + randHex(), "hosts/h2": "ssh-pass-two-" + randHex(), "db": "dbpw-" + randHex()}
+	values := map[string]string{"hosts/h1": "ssh-pass-one-" + randHex(), "hosts/h2": "ssh-pass-two-" + randHex(), "hosts/db": "dbpw-" + randHex()}
 	if err := c.CreateContainer(ctx, "hosts"); err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestCustodiaSource(t *testing.T) {
 
 // A Custodia whose auth headers are renamed (CPD-101's key header is
 // CUSTODIA_KEY_ID) is read with the names from the auth file; without them
-// its 401 says which headers it wants.
+// its 403 (marked a failed authentication) says which headers it wants.
 func TestCustodiaSourceHeaderNames(t *testing.T) {
 	ctx := context.Background()
 	_, pstore := custodiaStore(t)
@@ -259,7 +259,10 @@ func TestCustodiaSourceHeaderNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.Put(ctx, "db", []byte("dbpw-"+randHex())); err != nil {
+	if err := c.CreateContainer(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put(ctx, "app/db", []byte("dbpw-"+randHex())); err != nil {
 		t.Fatal(err)
 	}
 	auth := func(extra string) string {
@@ -272,7 +275,7 @@ func TestCustodiaSourceHeaderNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	if items, err := src.Items(ctx); err != nil || len(items) != 1 || items[0].Key != "db" {
+	if items, err := src.Items(ctx); err != nil || len(items) != 2 || items[0].Key+" "+items[1].Key != "app app/db" && items[0].Key+" "+items[1].Key != "app/db app" {
 		t.Fatalf("items with the server's header names: %v %v", items, err)
 	}
 	def, err := OpenSource(ctx, Spec{Scheme: "custodia", Path: srv.Socket}, SourceOptions{AuthFile: auth("")})

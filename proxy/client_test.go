@@ -136,19 +136,19 @@ func TestBackendUnavailable(t *testing.T) {
 	}
 	f := startProxy(t, svc, nil)
 	cli.Close() // the backend goes away
-	code, body := f.raw(t, "GET", "/secrets/x", f.admin(), "")
+	code, body := f.raw(t, "GET", "/secrets/c/x", f.admin(), "")
 	if code != 503 || !strings.Contains(body, "unavailable") {
 		t.Fatalf("backend down: %d %s", code, body)
 	}
 	c, _ := client.New(client.Config{Socket: f.sock, ID: "admin", Key: client.APIKey(f.adminKey), Retries: 2})
-	if _, err := c.Get(context.Background(), "x"); !errors.Is(err, client.ErrUnavailable) {
+	if _, err := c.Get(context.Background(), "c/x"); !errors.Is(err, client.ErrUnavailable) {
 		t.Fatalf("client: %v", err)
 	}
 }
 
 // A Custodia deployment may rename the auth headers (CPD-101's key header
 // is CUSTODIA_KEY_ID): a client given the proxy's names gets in, for calls
-// and watches alike; one sending the defaults gets a 401 naming the headers
+// and watches alike; one sending the defaults gets a 403 naming the headers
 // the proxy wants.
 func TestClientHeaderNames(t *testing.T) {
 	const idHeader, keyHeader = "X-Custodia-Owner", "CUSTODIA_KEY_ID"

@@ -41,18 +41,19 @@ func TestOpsEndpoints(t *testing.T) {
 	f := startProxy(t, svc, func(o *Options) { o.Metrics = reg })
 	const secret = "metrics-must-not-see-this"
 	waitValueCache(t, f)
-	f.raw(t, "PUT", "/secrets/m", f.admin(jsonCT, "application/json"), simple(secret))
+	f.raw(t, "POST", "/secrets/c/", f.admin(), "")
+	f.raw(t, "PUT", "/secrets/c/m", f.admin(jsonCT, "application/json"), simple(secret))
 	// The PUT's own watch event may drop a GET's fill: GET until one sticks.
 	gets := 0
 	eventually(t, "a GET's value cached", func() bool {
-		f.raw(t, "GET", "/secrets/m", f.admin(), "")
+		f.raw(t, "GET", "/secrets/c/m", f.admin(), "")
 		gets++
 		n, _ := f.srv.values.size()
 		return n > 0
 	})
 	f.raw(t, "GET", "/secrets/", f.admin(), "")
 	for _, m := range []string{"FOO", "BAR"} {
-		if code, _ := f.raw(t, m, "/secrets/m", f.admin(), ""); code != http.StatusNotImplemented {
+		if code, _ := f.raw(t, m, "/secrets/c/m", f.admin(), ""); code != http.StatusNotImplemented {
 			t.Errorf("method %s: %d, want 501", m, code)
 		}
 	}
@@ -81,7 +82,7 @@ func TestOpsEndpoints(t *testing.T) {
 	for _, e := range auditLines(t, f.audit) {
 		verbs = append(verbs, e.Verb+" "+e.Op)
 	}
-	want := []string{"PUT put"}
+	want := []string{"POST create", "PUT put"}
 	for range gets {
 		want = append(want, "GET get")
 	}

@@ -120,19 +120,22 @@ func TestProxyReplicasOverCluster(t *testing.T) {
 	for _, f := range []*fixture{a, b} {
 		waitValueCache(t, f)
 	}
+	if code, body := a.raw(t, "POST", "/secrets/c/", a.admin(), ""); code != 201 {
+		t.Fatalf("POST /secrets/c/: %d %q", code, body)
+	}
 	ct := a.admin(jsonCT, "application/json")
 	// put replaces the value: Custodia's PUT only creates, so DELETE first.
 	put := func(f *fixture, v string) {
 		t.Helper()
 		for range 20 { // 503 while etcd elects a leader
-			code, body := f.raw(t, "DELETE", "/secrets/shared", a.admin(), "")
+			code, body := f.raw(t, "DELETE", "/secrets/c/shared", a.admin(), "")
 			if code == 503 {
 				continue
 			}
 			if code != 204 && code != 404 {
 				t.Fatalf("DELETE: %d %q", code, body)
 			}
-			code, body = f.raw(t, "PUT", "/secrets/shared", ct, simple(v))
+			code, body = f.raw(t, "PUT", "/secrets/c/shared", ct, simple(v))
 			if code == 201 {
 				return
 			}
@@ -144,7 +147,7 @@ func TestProxyReplicasOverCluster(t *testing.T) {
 	}
 	serves := func(f *fixture, v string) func() bool {
 		return func() bool {
-			code, body := f.get(t, "shared")
+			code, body := f.get(t, "c/shared")
 			return code == 200 && strings.Contains(body, `"`+v+`"`)
 		}
 	}
@@ -174,19 +177,19 @@ func TestProxyReplicasOverCluster(t *testing.T) {
 	}
 	a.sent(key)
 	for _, f := range []*fixture{a, b} {
-		if code, body := f.raw(t, "GET", "/secrets/shared", as("temp", key), ""); code != 200 {
+		if code, body := f.raw(t, "GET", "/secrets/c/shared", as("temp", key), ""); code != 200 {
 			t.Fatalf("temp key before revocation: %d %q", code, body)
 		}
 	}
 	if err := a.srv.o.Credentials.Revoke(t.Context(), "temp"); err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := a.raw(t, "GET", "/secrets/shared", as("temp", key), ""); code != 401 {
+	if code, _ := a.raw(t, "GET", "/secrets/c/shared", as("temp", key), ""); code != 403 {
 		t.Fatalf("revoked key on the revoking replica: %d", code)
 	}
 	revoked, ok := until(10*time.Second, func() bool {
-		code, _ := b.raw(t, "GET", "/secrets/shared", as("temp", key), "")
-		return code == 401
+		code, _ := b.raw(t, "GET", "/secrets/c/shared", as("temp", key), "")
+		return code == 403
 	})
 	if !ok {
 		t.Fatal("revoked key still accepted by replica b after 10s")

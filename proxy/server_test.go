@@ -67,10 +67,18 @@ func testCustodiaAPI(t *testing.T, store Store) {
 		{"PUT", "/secrets/hosts/h2", ctJSON, `{"type":"simple","value":5}`, 400, "string"},
 		{"PUT", "/secrets/hosts/h2", ctJSON, `{"type":"kem","value":"x"}`, 406, ""},
 		{"PUT", "/secrets/hosts/h2", []string{jsonCT, "text/plain"}, simple("x"), 400, "Content-Type"},
-		{"PUT", "/secrets/hosts/h2", ctJSON, simple(""), 400, "empty"},
+		{"PUT", "/secrets/hosts/empty", ctJSON, simple(""), 201, ""},
+		{"GET", "/secrets/hosts/empty", nil, "", 200, `"value":""`},
+		{"DELETE", "/secrets/hosts/empty", nil, "", 204, ""},
 		{"GET", "/secrets/hosts/h2", nil, "", 404, ""},
+		{"PUT", "/secrets/top", ctJSON, simple("x"), 403, "container"},
+		{"GET", "/secrets/top", nil, "", 403, "container"},
+		{"DELETE", "/secrets/top", nil, "", 403, "container"},
 		{"GET", "/secrets/hosts/h1", nil, "", 200, `"value":"ssh-key-one"`},
 		{"GET", "/secrets/hosts/h1?type=simple&value=x", nil, "", 200, `ssh-key-one`},
+		{"GET", "/secrets/hosts//h1", nil, "", 200, `"value":"ssh-key-one"`},
+		{"GET", "/secrets/hosts/../hosts/h1", nil, "", 404, ""},
+		{"PUT", "/secrets/hosts/./h3", ctJSON, simple("x"), 404, ""},
 		{"GET", "/secrets/hosts/h1?type=kem", nil, "", 406, ""},
 		{"PUT", "/secrets/hosts/bin", []string{jsonCT, "application/octet-stream"}, "\x00\x01binary\xff", 201, ""},
 		{"GET", "/secrets/hosts/bin", []string{"Accept", "application/octet-stream"}, "", 200, "\x00\x01binary\xff"},
@@ -89,7 +97,7 @@ func testCustodiaAPI(t *testing.T, store Store) {
 		{"DELETE", "/secrets/hosts/bin", nil, "", 204, ""},
 		{"DELETE", "/secrets/hosts/", nil, "", 204, ""},
 		{"GET", "/secrets/hosts/", nil, "", 404, ""},
-		{"PATCH", "/secrets/x", nil, "", 405, ""},
+		{"PATCH", "/secrets/x", nil, "", 501, ""},
 		{"PUT", "/secrets/c/", ctJSON, simple("x"), 405, ""},
 		{"BREW", "/secrets/x", nil, "", 501, ""},
 	})
@@ -167,18 +175,20 @@ func testSecurity(t *testing.T, store Store) {
 		body   string
 		status int
 	}{
-		{"no credential", "GET", "/secrets/alice/x", nil, "", 401},
-		{"wrong key", "GET", "/secrets/alice/x", as("alice", "sr1.wrong"), "", 401},
-		{"unknown id", "GET", "/secrets/alice/x", as("mallory", aliceKey), "", 401},
-		{"key of another id", "GET", "/secrets/alice/x", as("admin", aliceKey), "", 401},
+		{"no credential", "GET", "/secrets/alice/x", nil, "", 403},
+		{"wrong key", "GET", "/secrets/alice/x", as("alice", "sr1.wrong"), "", 403},
+		{"unknown id", "GET", "/secrets/alice/x", as("mallory", aliceKey), "", 403},
+		{"key of another id", "GET", "/secrets/alice/x", as("admin", aliceKey), "", 403},
 		{"other credential's path", "GET", "/secrets/bob/k", as("alice", aliceKey), "", 403},
 		{"prefix is not a segment", "GET", "/secrets/alicex/k", as("alice", aliceKey), "", 403},
 		{"verb not granted", "DELETE", "/secrets/alice/k", as("alice", aliceKey), "", 403},
-		{"dot-dot", "GET", "/secrets/alice/../bob/k", as("alice", aliceKey), "", 400},
+		{"dot-dot", "GET", "/secrets/alice/../bob/k", as("alice", aliceKey), "", 404},
 		{"encoded dot-dot", "GET", "/secrets/alice/%2e%2e/bob/k", as("alice", aliceKey), "", 400},
 		{"encoded slash", "GET", "/secrets/alice%2f..%2fbob/k", as("alice", aliceKey), "", 400},
-		{"double slash", "GET", "/secrets/alice//k", as("alice", aliceKey), "", 400},
-		{"dot segment", "GET", "/secrets/alice/./k", as("alice", aliceKey), "", 400},
+		{"double slash collapses", "GET", "/secrets/alice//k", as("alice", aliceKey), "", 404},
+		{"double slash cannot escape", "GET", "/secrets//bob/k", as("alice", aliceKey), "", 403},
+		{"dot segment", "GET", "/secrets/alice/./k", as("alice", aliceKey), "", 404},
+		{"root without credential", "GET", "/", nil, "", 403},
 		{"NUL", "GET", "/secrets/alice/k%00x", as("alice", aliceKey), "", 400},
 		{"backslash", "GET", "/secrets/alice/..%5cbob", as("alice", aliceKey), "", 400},
 		{"over-long", "GET", long, as("alice", aliceKey), "", 400},
@@ -232,7 +242,7 @@ func testSecurity(t *testing.T, store Store) {
 			t.Fatalf("audit entry without peer credentials: %+v", e)
 		}
 	}
-	for _, s := range []int{400, 401, 403, 413, 429} {
+	for _, s := range []int{400, 403, 404, 413, 429} {
 		if !seen[s] {
 			t.Errorf("no audit line with status %d", s)
 		}
@@ -248,7 +258,7 @@ func TestRateLimitPerCredential(t *testing.T) {
 	f := startProxy(t, overlayStore(t), func(o *Options) { o.Rate, o.Burst = 1, 3 })
 	got429 := false
 	for range 10 {
-		code, _ := f.raw(t, "GET", "/secrets/nothing", f.admin(), "")
+		code, _ := f.raw(t, "GET", "/secrets/c/nothing", f.admin(), "")
 		if code == 429 {
 			got429 = true
 			break
@@ -269,8 +279,8 @@ func TestRevocationIsImmediate(t *testing.T) {
 	if err := f.srv.o.Credentials.Revoke(ctx, "temp"); err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := f.raw(t, "GET", "/secrets/", as("temp", key), ""); code != 401 {
-		t.Fatalf("after revoke: %d, want 401", code)
+	if code, _ := f.raw(t, "GET", "/secrets/", as("temp", key), ""); code != 403 {
+		t.Fatalf("after revoke: %d, want 403", code)
 	}
 }
 
@@ -323,7 +333,7 @@ func (d deniedStore) Get(ctx context.Context, m secrets.Model) (int64, error) {
 // A backend that refuses the proxy is a 503 naming the cause, not a 500.
 func TestBackendRefusesProxy(t *testing.T) {
 	f := startProxy(t, deniedStore{overlayStore(t)}, func(o *Options) { o.ValueCache = 0 })
-	code, body := f.raw(t, "GET", "/secrets/x", f.admin(), "")
+	code, body := f.raw(t, "GET", "/secrets/c/x", f.admin(), "")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "refused the proxy's credentials") {
 		t.Fatalf("GET with the backend refusing the proxy: %d %q, want 503 naming the cause", code, body)
 	}
@@ -335,11 +345,14 @@ func TestBackendRefusesProxy(t *testing.T) {
 func TestValueTooLargeForBackend(t *testing.T) {
 	f := startProxy(t, overlayStore(t), func(o *Options) { o.MaxBody = 16 << 20 })
 	big := strings.Repeat("v", 3<<20)
-	code, body := f.raw(t, "PUT", "/secrets/big", f.admin(jsonCT, "application/json"), simple(big))
+	if code, _ := f.raw(t, "POST", "/secrets/c/", f.admin(), ""); code != 201 {
+		t.Fatalf("POST /secrets/c/: %d", code)
+	}
+	code, body := f.raw(t, "PUT", "/secrets/c/big", f.admin(jsonCT, "application/json"), simple(big))
 	if code != http.StatusRequestEntityTooLarge || !strings.Contains(body, "too large for the secret backend") {
 		t.Fatalf("PUT of 3 MiB: %d %q, want 413 naming the backend", code, body)
 	}
-	if code, _ := f.raw(t, "GET", "/secrets/big", f.admin(), ""); code != 404 {
+	if code, _ := f.raw(t, "GET", "/secrets/c/big", f.admin(), ""); code != 404 {
 		t.Fatalf("GET after the refused PUT: %d, want 404", code)
 	}
 }

@@ -179,35 +179,35 @@ func TestValueCacheServesAndFollowsExternalChanges(t *testing.T) {
 	fs := newFaultStore(store)
 	f := startProxy(t, fs, nil)
 	cacheLive(t, f, secrets.KindRaw)
-	putRaw(t, other, "ext", "value-one")
+	putRaw(t, other, "c/ext", "value-one")
 
 	// The put's own watch event may still drop the first fill; after it,
 	// GETs must not read the backend.
 	eventually(t, "GET served from the cache", func() bool {
-		if code, body := f.get(t, "ext"); code != 200 || !strings.Contains(body, `"value-one"`) {
+		if code, body := f.get(t, "c/ext"); code != 200 || !strings.Contains(body, `"value-one"`) {
 			t.Fatalf("GET: %d %q", code, body)
 		}
 		reads := fs.count(secrets.KindRaw)
 		for range 5 {
-			if code, body := f.get(t, "ext"); code != 200 || !strings.Contains(body, `"value-one"`) {
+			if code, body := f.get(t, "c/ext"); code != 200 || !strings.Contains(body, `"value-one"`) {
 				t.Fatalf("cached GET: %d %q", code, body)
 			}
 		}
 		return fs.count(secrets.KindRaw) == reads
 	})
 
-	putRaw(t, other, "ext", "value-two")
+	putRaw(t, other, "c/ext", "value-two")
 	took := eventually(t, "external change visible", func() bool {
-		_, body := f.get(t, "ext")
+		_, body := f.get(t, "c/ext")
 		return strings.Contains(body, `"value-two"`)
 	})
 	t.Logf("external change visible after %v", took)
 
-	if err := other.Delete(context.Background(), secrets.KindRaw, "ext", driver.DeleteOptions{}); err != nil {
+	if err := other.Delete(context.Background(), secrets.KindRaw, "c/ext", driver.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	took = eventually(t, "external delete visible", func() bool {
-		code, _ := f.get(t, "ext")
+		code, _ := f.get(t, "c/ext")
 		return code == 404
 	})
 	t.Logf("external delete visible after %v", took)
@@ -237,19 +237,22 @@ func TestValueCacheReadYourWrites(t *testing.T) {
 	cacheLive(t, f, secrets.KindRaw)
 	defer fs.hold()()
 	ct := f.admin(jsonCT, "application/json")
+	if code, _ := f.raw(t, "POST", "/secrets/c/", f.admin(), ""); code != 201 {
+		t.Fatalf("POST /secrets/c/: %d", code)
+	}
 	for i, v := range []string{"first-value", "second-value", "third-value"} {
-		if code, body := f.raw(t, "PUT", "/secrets/ryw", ct, simple(v)); code != 201 {
+		if code, body := f.raw(t, "PUT", "/secrets/c/ryw", ct, simple(v)); code != 201 {
 			t.Fatalf("PUT %d: %d %q", i, code, body)
 		}
 		for range 2 { // the second GET is served from the cache
-			if code, body := f.get(t, "ryw"); code != 200 || !strings.Contains(body, `"`+v+`"`) {
+			if code, body := f.get(t, "c/ryw"); code != 200 || !strings.Contains(body, `"`+v+`"`) {
 				t.Fatalf("GET after PUT %d: %d %q", i, code, body)
 			}
 		}
-		if code, _ := f.raw(t, "DELETE", "/secrets/ryw", f.admin(), ""); code != 204 {
+		if code, _ := f.raw(t, "DELETE", "/secrets/c/ryw", f.admin(), ""); code != 204 {
 			t.Fatalf("DELETE %d: %d", i, code)
 		}
-		if code, body := f.get(t, "ryw"); code != 404 {
+		if code, body := f.get(t, "c/ryw"); code != 404 {
 			t.Fatalf("GET after DELETE %d: %d %q", i, code, body)
 		}
 	}
@@ -263,9 +266,9 @@ func TestValueCacheWatchBreak(t *testing.T) {
 	fs := newFaultStore(store)
 	f := startProxy(t, fs, nil)
 	cacheLive(t, f, secrets.KindRaw)
-	putRaw(t, other, "wb", "before-break")
+	putRaw(t, other, "c/wb", "before-break")
 	eventually(t, "GET fills the cache", func() bool {
-		f.get(t, "wb")
+		f.get(t, "c/wb")
 		return cacheLen(f.srv.values) > 0
 	})
 
@@ -276,10 +279,10 @@ func TestValueCacheWatchBreak(t *testing.T) {
 		return !f.srv.values.live[secrets.KindRaw] && cacheLen(f.srv.values) == 0
 	})
 	// No watch, so no event: only an uncached read can see this.
-	putRaw(t, other, "wb", "during-break")
+	putRaw(t, other, "c/wb", "during-break")
 	reads := fs.count(secrets.KindRaw)
 	for range 3 {
-		if code, body := f.get(t, "wb"); code != 200 || !strings.Contains(body, `"during-break"`) {
+		if code, body := f.get(t, "c/wb"); code != 200 || !strings.Contains(body, `"during-break"`) {
 			t.Fatalf("GET with the watch down: %d %q", code, body)
 		}
 	}
@@ -294,11 +297,11 @@ func TestValueCacheWatchBreak(t *testing.T) {
 	// Each kind's watch comes back on its own backoff, and each return
 	// flushes, so a fill can still be dropped until all are back.
 	eventually(t, "re-established watch: GET served from the cache", func() bool {
-		if code, body := f.get(t, "wb"); code != 200 || !strings.Contains(body, `"during-break"`) {
+		if code, body := f.get(t, "c/wb"); code != 200 || !strings.Contains(body, `"during-break"`) {
 			t.Fatalf("GET after re-watch: %d %q", code, body)
 		}
 		reads := fs.count(secrets.KindRaw)
-		f.get(t, "wb")
+		f.get(t, "c/wb")
 		return fs.count(secrets.KindRaw) == reads
 	})
 }
@@ -415,7 +418,7 @@ func TestCredentialCache(t *testing.T) {
 	}
 	took := eventually(t, "external revocation", func() bool {
 		code, _ := f.raw(t, "GET", "/secrets/", as("cached", key), "")
-		return code == 401
+		return code == 403
 	})
 	t.Logf("external revocation effective after %v", took)
 
@@ -434,8 +437,8 @@ func TestCredentialCache(t *testing.T) {
 	if err := NewCredentials(other).Revoke(ctx, "second"); err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 401 {
-		t.Fatalf("revoked while the watch was down: %d, want 401 at once", code)
+	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 403 {
+		t.Fatalf("revoked while the watch was down: %d, want 403 at once", code)
 	}
 	fs.allow()
 	eventually(t, "credential watch re-established", func() bool {
@@ -443,8 +446,8 @@ func TestCredentialCache(t *testing.T) {
 		defer creds.mu.Unlock()
 		return creds.live
 	})
-	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 401 {
-		t.Fatalf("revoked credential after re-watch: %d, want 401", code)
+	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 403 {
+		t.Fatalf("revoked credential after re-watch: %d, want 403", code)
 	}
 }
 

@@ -43,11 +43,14 @@ func TestProxyOnVaultHA(t *testing.T) {
 	t.Cleanup(func() { svc.Close() })
 	f := startProxy(t, svc, nil)
 	waitValueCache(t, f)
-	if code, body := f.raw(t, "PUT", "/secrets/ha", f.admin(jsonCT, "application/json"), simple("value-before-kill")); code != 201 {
+	if code, body := f.raw(t, "POST", "/secrets/c/", f.admin(), ""); code != 201 {
+		t.Fatalf("POST /secrets/c/: %d %q", code, body)
+	}
+	if code, body := f.raw(t, "PUT", "/secrets/c/ha", f.admin(jsonCT, "application/json"), simple("value-before-kill")); code != 201 {
 		t.Fatalf("PUT: %d %q", code, body)
 	}
 	get := func() int {
-		code, body := f.get(t, "ha")
+		code, body := f.get(t, "c/ha")
 		if code == 200 && !strings.Contains(body, `"value-before-kill"`) {
 			t.Fatalf("GET answered a wrong value: %q", body)
 		}
@@ -98,7 +101,7 @@ func TestProxyOnVaultHA(t *testing.T) {
 	// the delete until it answers, 404 meaning an earlier try landed).
 	start := time.Now()
 	for {
-		code, body := f.raw(t, "DELETE", "/secrets/ha", f.admin(), "")
+		code, body := f.raw(t, "DELETE", "/secrets/c/ha", f.admin(), "")
 		if code == 204 || code == 404 {
 			break
 		}

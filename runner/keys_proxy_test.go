@@ -131,7 +131,7 @@ func TestProxyKeySource(t *testing.T) {
 
 // keys.proxy.id_header and key_header reach the runner's client: a proxy
 // whose auth headers are renamed (as a Custodia deployment's may be) serves
-// the keys with them, and answers 401 without.
+// the keys with them, and answers 403 (marked a failed authentication) without.
 func TestProxyKeysHeaderNames(t *testing.T) {
 	p := startKeyProxyOn(t, etcd.New(testenv.Etcd(t), "/sealrun/secrets/"),
 		func(o *proxy.Options) { o.IDHeader, o.KeyHeader = "CUSTODIA_AUTH_ID", "CUSTODIA_KEY_ID" })

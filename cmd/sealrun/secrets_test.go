@@ -91,7 +91,7 @@ secrets: {backend: overlay, overlay: {store: etcd, master_key: `+filepath.Join(d
 
 // The secrets CLI reaches a proxy whose auth headers are renamed (as a
 // Custodia deployment's may be) with --id-header and --key-header; without
-// them the proxy's 401 names the headers it wants.
+// them the proxy's 403 (marked a failed authentication) names the headers it wants.
 func TestSecretsCLIHeaderNames(t *testing.T) {
 	cli := testenv.Etcd(t)
 	store, err := storage.New(etcd.New(cli, "/secrets/"), etcd.New(cli, "/state/"), storage.Options{Registry: proxy.Registry()})

@@ -53,7 +53,7 @@ def main():
     call("GET", "/secrets/pyapp/db", expect=404)
     call("DELETE", "/secrets/pyapp/", expect=204)
     headers["CUSTODIA_AUTH_KEY"] = "wrong"
-    call("GET", "/secrets/pyapp/", expect=401)
+    call("GET", "/secrets/pyapp/", expect=403)
     print("ok")
 
 
