@@ -115,6 +115,9 @@ func TestStatusParityWithCustodia(t *testing.T) {
 		{"encoded slash in a segment", "GET", "/secrets/c/%2Fv", good, nil, "", &differs{404, 400, "as the encoded slash"}},
 		{"encoded dot-dot", "GET", "/secrets/c/%2e%2e/c/v", good, nil, "", &differs{404, 400, "an encoded dot segment is an obfuscated traversal"}},
 		{"NUL", "GET", "/secrets/c/v%00x", good, nil, "", &differs{404, 400, "NUL: names differ by backend (C strings truncate)"}},
+		{"encoded backslash", "GET", "/secrets/c/a%5cb", good, nil, "", &differs{404, 400, "a backslash is a separator to some clients and backends"}},
+		{"control byte", "GET", "/secrets/c/a%01b", good, nil, "", &differs{404, 400, "control bytes forge audit and log lines"}},
+		{"over-long path", "GET", "/secrets/c/" + strings.Repeat("a", 1100), good, nil, "", &differs{404, 400, "paths are bounded (1 KiB) before any backend call"}},
 		{"create a container named ..", "POST", "/secrets/c/../", good, nil, "", &differs{201, 404, `Custodia creates a container literally named ".."; sealrun never stores a dot segment`}},
 
 		// Methods.
