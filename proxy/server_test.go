@@ -194,10 +194,17 @@ func testSecurity(t *testing.T, store Store) {
 		{"over-long", "GET", long, as("alice", aliceKey), "", 400},
 		{"oversized body", "PUT", "/secrets/alice/big", as("alice", aliceKey, jsonCT, "application/json"), simple(strings.Repeat("x", 5000)), 413},
 	}
+	// A refused credential and a forbidden path are both 403, as in
+	// Custodia; only the first is marked, for sealrun's own client.
+	unauthenticated := map[string]bool{"no credential": true, "wrong key": true, "unknown id": true,
+		"key of another id": true, "root without credential": true}
 	for _, c := range cases {
-		code, body := f.raw(t, c.method, c.path, c.hdr, c.body)
+		code, hdr, body := f.rawHeader(t, c.method, c.path, c.hdr, c.body)
 		if code != c.status {
 			t.Errorf("%s: %d %q, want %d", c.name, code, body, c.status)
+		}
+		if marked := hdr.Get(wire.UnauthenticatedHeader) == "1"; marked != unauthenticated[c.name] {
+			t.Errorf("%s: %d marked %s: %v, want %v", c.name, code, wire.UnauthenticatedHeader, marked, unauthenticated[c.name])
 		}
 		if strings.Contains(body, secretValue) {
 			t.Errorf("%s: response leaks the secret", c.name)
