@@ -75,7 +75,7 @@ func benchProxyAudit(b *testing.B, cached, serverCache bool, al *audit.Logger) {
 		}
 	})
 	ctx := context.Background()
-	if _, err := store.Put(ctx, &secrets.Raw{Name: "k", Value: secrets.Secret("value-of-about-forty-bytes-for-benching")}, driver.PutOptions{}); err != nil {
+	if _, err := store.Put(ctx, &secrets.Raw{Name: "bench/k", Value: secrets.Secret("value-of-about-forty-bytes-for-benching")}, driver.PutOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	c := f.client(b, "admin", f.adminKey)
@@ -90,9 +90,9 @@ func benchProxyAudit(b *testing.B, cached, serverCache bool, al *audit.Logger) {
 		for pb.Next() {
 			var err error
 			if cached {
-				_, err = c.Get(ctx, "k")
+				_, err = c.Get(ctx, "bench/k")
 			} else {
-				_, err = c.GetFresh(ctx, "k")
+				_, err = c.GetFresh(ctx, "bench/k")
 			}
 			if err != nil {
 				b.Error(err)

@@ -382,7 +382,7 @@ func cacheLen(c *valueCache) int {
 
 // TestCredentialCache: authentication is served from the credential cache
 // (no backend read per request); a revocation made elsewhere (another
-// process on the same etcd) gives 401 promptly; a broken watch flushes the
+// process on the same etcd) gives 403 promptly; a broken watch flushes the
 // cache and turns it off until the watch is back.
 func TestCredentialCache(t *testing.T) {
 	store, other := overlayPair(t)

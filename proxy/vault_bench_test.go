@@ -48,11 +48,11 @@ func BenchmarkProxyGetVault(b *testing.B) {
 	store, _, _ := vaultEnv(b)
 	f := startProxy(b, store, func(o *Options) { o.Rate, o.Burst, o.ValueCache = 1e9, 1e9, 0 })
 	ctx := context.Background()
-	if _, err := store.Put(ctx, &secrets.Raw{Name: "k", Value: secrets.Secret(vaultBenchValue)}, driver.PutOptions{}); err != nil {
+	if _, err := store.Put(ctx, &secrets.Raw{Name: "bench/k", Value: secrets.Secret(vaultBenchValue)}, driver.PutOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	c := f.client(b, "admin", f.adminKey)
-	if v, err := c.GetFresh(ctx, "k"); err != nil || string(v) != vaultBenchValue {
+	if v, err := c.GetFresh(ctx, "bench/k"); err != nil || string(v) != vaultBenchValue {
 		b.Fatalf("first read: %v", err) // never print the value
 	}
 	before := f.srv.o.Audit.Stats()
@@ -60,7 +60,7 @@ func BenchmarkProxyGetVault(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := c.GetFresh(ctx, "k"); err != nil {
+			if _, err := c.GetFresh(ctx, "bench/k"); err != nil {
 				b.Error(err)
 				return
 			}
