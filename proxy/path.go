@@ -25,10 +25,10 @@ var errNotServed = errors.New("only / and /secrets/... are served")
 // cleanSecretPath checks the raw (still percent-encoded) request path and
 // returns the name under /secrets/ and whether it names a container (trailing
 // slash). Refused with errBadPath, before authentication: NUL and control
-// bytes, backslashes, percent-encoded slashes, backslashes, dots or NUL
+// bytes, backslashes, percent-encoded slashes, backslashes, dots or NULs
 // (Custodia decodes "%2F" into the name while its path authorization checks
 // the encoded path, so an encoded slash crosses an authz boundary), invalid
-// UTF-8 and over-long paths. Empty segments ("c//x") collapse, as Custodia
+// UTF-8 and over-long paths. A path outside /secrets/ is errNotServed. Empty segments ("c//x") collapse, as Custodia
 // joins them away; authorization sees the collapsed name, so nothing is
 // aliased past it. "." and ".." segments are errNoSuchPath.
 func cleanSecretPath(rawPath, decoded string) (name string, container bool, err error) {

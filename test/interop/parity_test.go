@@ -42,6 +42,7 @@ func TestStatusParityWithCustodia(t *testing.T) {
 		b, _ := json.Marshal(wire.Message{Type: wire.TypeSimple, Value: v})
 		return string(b)
 	}
+	rootMethod := differs{500, 405, "Custodia's Root has no handler for it and fails; sealrun says the method is not allowed there"}
 	beforeAuth := differs{403, 400, "a malformed path is refused before authentication (it reveals nothing)"}
 	rows := []struct {
 		name         string
@@ -126,6 +127,10 @@ func TestStatusParityWithCustodia(t *testing.T) {
 		{"HEAD", "HEAD", "/secrets/c/v", good, nil, "", nil},
 		{"PATCH", "PATCH", "/secrets/c/v", good, nil, "", nil},
 		{"unknown method", "BREW", "/secrets/c/v", good, nil, "", nil},
+		{"PUT /", "PUT", "/", good, ctJSON, simple("x"), &rootMethod},
+		{"POST /", "POST", "/", good, nil, "", &rootMethod},
+		{"DELETE /", "DELETE", "/", good, nil, "", &rootMethod},
+		{"HEAD /", "HEAD", "/", good, nil, "", nil},
 		{"outside /secrets", "GET", "/other", good, nil, "", nil},
 		{"outside /secrets without credential", "GET", "/other", none, nil, "", nil},
 
