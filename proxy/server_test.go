@@ -70,6 +70,7 @@ func testCustodiaAPI(t *testing.T, store Store) {
 		{"PUT", "/secrets/hosts/empty", ctJSON, simple(""), 201, ""},
 		{"GET", "/secrets/hosts/empty", nil, "", 200, `"value":""`},
 		{"DELETE", "/secrets/hosts/empty", nil, "", 204, ""},
+		{"PUT", "/secrets/hosts/empty", []string{jsonCT, "application/octet-stream"}, "", 400, `{\"type\": \"simple\", \"value\": \"\"}`},
 		{"GET", "/secrets/hosts/h2", nil, "", 404, ""},
 		{"PUT", "/secrets/top", ctJSON, simple("x"), 403, "container"},
 		{"GET", "/secrets/top", nil, "", 403, "container"},
