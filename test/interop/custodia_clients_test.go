@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -113,29 +116,42 @@ func TestCustodiaCLI(t *testing.T) {
 	}
 	// The socket path is in custodia-cli's error messages.
 	sockURL := regexp.MustCompile(`http\+unix://[^/\s]+`)
+	// The two servers run their steps at once (each in order): every step
+	// starts a Python interpreter.
 	var results [2][]string
+	var errs [2]error
+	var wg sync.WaitGroup
 	for i, e := range bothEnds(t) {
-		for _, s := range steps {
-			key := e.key
-			if s.wrongKey {
-				key = "wrong-" + key[:4]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, s := range steps {
+				key := e.key
+				if s.wrongKey {
+					key = "wrong-" + key[:4]
+				}
+				args := append([]string{"--server", e.sock, "--header", cpdIDHeader + "=" + e.id, "--header", cpdKeyHeader + "=" + key}, s.args...)
+				ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+				cmd := exec.CommandContext(ctx, cli, args...)
+				var stdout, stderr bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &stdout, &stderr
+				err := cmd.Run()
+				cancel()
+				code := 0
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					code = ee.ExitCode()
+				} else if err != nil {
+					errs[i] = fmt.Errorf("custodia-cli %v against %s: %w", s.args, e.name, err)
+					return
+				}
+				results[i] = append(results[i], strings.Join(s.args, " ")+" -> exit "+strconv.Itoa(code)+": "+stdout.String()+"| "+sockURL.ReplaceAllString(withoutWarnings(stderr.String()), "http+unix://SOCK"))
 			}
-			args := append([]string{"--server", e.sock, "--header", cpdIDHeader + "=" + e.id, "--header", cpdKeyHeader + "=" + key}, s.args...)
-			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-			cmd := exec.CommandContext(ctx, cli, args...)
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			cancel()
-			code := 0
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				code = ee.ExitCode()
-			} else if err != nil {
-				t.Fatalf("custodia-cli %v: %v", s.args, err)
-			}
-			results[i] = append(results[i], strings.Join(s.args, " ")+" -> exit "+itoa(code)+": "+stdout.String()+"| "+sockURL.ReplaceAllString(withoutWarnings(stderr.String()), "http+unix://SOCK"))
-		}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		t.Fatal(err)
 	}
 	for i := range steps {
 		if results[0][i] != results[1][i] {
@@ -172,8 +188,6 @@ func withoutWarnings(s string) string {
 	}
 	return strings.Join(keep, "\n")
 }
-
-func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 
 func stderrOf(ee *exec.ExitError) string {
 	if ee == nil {
