@@ -28,7 +28,7 @@ type endpoint struct{ name, sock, id, key string }
 // does), each empty.
 func bothEnds(t *testing.T) [2]endpoint {
 	cust := testenv.Custodia(t)
-	seal := sealrunCPD(t, cust.MasterKey)
+	seal, _ := sealrunCPD(t, cust.MasterKey)
 	return [2]endpoint{{"Custodia", cust.Socket, cust.ID, cust.Key}, {"sealrun", seal.Socket, seal.ID, seal.Key}}
 }
 

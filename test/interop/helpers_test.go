@@ -16,13 +16,12 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/sealrun/sealrun/internal/proxytest"
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/proxy"
-	"github.com/sealrun/sealrun/storage"
-	"github.com/sealrun/sealrun/storage/custodia"
-	etcddrv "github.com/sealrun/sealrun/storage/etcd"
-	"github.com/sealrun/sealrun/storage/overlay"
+	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -35,35 +34,51 @@ const (
 	cpdNamespace = "/custodia_commissaire_data"
 )
 
-// sealrunCPD serves a sealrun proxy configured as CPD-101 runs it: the
-// overlay on etcd, Custodia API values in Custodia's own records under
-// cpdNamespace, encrypted with masterKey (a Custodia JWK file), auth headers
-// id_header CUSTODIA_AUTH_ID and key_header CUSTODIA_KEY_ID. The credential
-// id is "app", allowed everything under /secrets, as Custodia's
-// SimplePathAuthz "/secrets" allows.
-func sealrunCPD(t *testing.T, masterKey string) *proxytest.Server {
+// sealrunCPD serves a sealrun proxy configured as CPD-101 runs it, from a
+// proxy config file's own settings: auth.id_header CUSTODIA_AUTH_ID and
+// auth.key_header CUSTODIA_KEY_ID, the overlay on etcd with Custodia API
+// values in Custodia's own records under custodia_namespace
+// /custodia_commissaire_data, encrypted with masterKey (a Custodia JWK
+// file), the value cache as the config turns it on. The credential id is
+// "app", allowed everything under /secrets, as Custodia's SimplePathAuthz
+// "/secrets" allows. The etcd client is the proxy's backing etcd.
+func sealrunCPD(t *testing.T, masterKey string) (*proxytest.Server, *clientv3.Client) {
 	t.Helper()
-	key, err := overlay.LoadKeyFile(masterKey, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring, err := overlay.NewKeyRing(key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cli := testenv.Etcd(t)
-	ns := custodia.New(etcddrv.New(cli, custodia.Prefix(cpdNamespace)), ring, overlay.Pinning)
-	store, err := storage.New(overlay.New(etcddrv.New(cli, "/sealrun/secrets/"), ring, overlay.Pinning),
-		etcddrv.New(cli, "/sealrun/state/"), storage.Options{Registry: proxy.Registry(), Timeout: 10 * time.Second, Custodia: ns})
+	conf := fmt.Sprintf(`auth:
+  id_header: %s
+  key_header: %s
+storage:
+  state:
+    backend: etcd
+    etcd: {endpoints: [%s], prefix: /sealrun/state/}
+  secrets:
+    backend: overlay
+    overlay:
+      store: etcd
+      prefix: /sealrun/secrets/
+      custodia_namespace: %s
+      master_key: %s
+      enctype: A256CBC-HS512
+      protection: pinning
+`, cpdIDHeader, cpdKeyHeader, strings.Join(cli.Endpoints(), ", "), cpdNamespace, masterKey)
+	c, err := proxy.DecodeConfig(strings.NewReader(conf))
+	if err != nil {
+		t.Fatalf("CPD-101 proxy config: %v", err)
+	}
+	store, err := storageconfig.Open(t.Context(), c.StorageConfig(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
+	co := c.Options()
+	if co.IDHeader != cpdIDHeader || co.KeyHeader != cpdKeyHeader || co.ValueCache == 0 {
+		t.Fatalf("config options: headers %q %q, value cache %d", co.IDHeader, co.KeyHeader, co.ValueCache)
+	}
 	return proxytest.Start(t, store, "app", proxy.Grant{Paths: []string{"/secrets"}, Verbs: []string{"*"}},
 		func(o *proxy.Options) {
-			o.IDHeader, o.KeyHeader = cpdIDHeader, cpdKeyHeader
-			o.ValueCache = proxy.DefaultCacheEntries // on, as for the overlay in production
-		})
+			o.IDHeader, o.KeyHeader, o.ValueCache, o.ValueCacheBytes = co.IDHeader, co.KeyHeader, co.ValueCache, co.ValueCacheBytes
+		}), cli
 }
 
 // reply is one HTTP answer.

@@ -28,7 +28,7 @@ type differs struct {
 // read) must be equal.
 func TestStatusParityWithCustodia(t *testing.T) {
 	cust := testenv.Custodia(t)
-	seal := sealrunCPD(t, cust.MasterKey)
+	seal, etcd := sealrunCPD(t, cust.MasterKey)
 
 	const (
 		good   = "good"
@@ -187,6 +187,20 @@ func TestStatusParityWithCustodia(t *testing.T) {
 			}
 		}
 		t.Logf("%-45s %-6s %-24s custodia %d  sealrun %d", r.name, r.method, r.path, c.status, s.status)
+	}
+
+	// What the proxy stored is Custodia's records where Custodia's
+	// EtcdStore keeps them: a compact JWE at <namespace>/keys/c/bin, the
+	// container as the empty record <namespace>/keys/c.
+	for k, jwe := range map[string]bool{cpdNamespace + "/keys/c/bin": true, cpdNamespace + "/keys/c": false} {
+		resp, err := etcd.Get(t.Context(), k)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Errorf("etcd %s: %v, want the record", k, err)
+			continue
+		}
+		if v := string(resp.Kvs[0].Value); jwe && strings.Count(v, ".") != 4 || !jwe && v != "" {
+			t.Errorf("etcd %s: %d bytes, want %s", k, len(v), map[bool]string{true: "a compact JWE", false: "empty (a container)"}[jwe])
+		}
 	}
 }
 
