@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/sealrun/sealrun/storage/custodia"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -32,6 +36,40 @@ func LoadKeyRing(o *Overlay) (*overlay.KeyRing, error) {
 		return nil, fmt.Errorf("secrets.overlay: %w", err)
 	}
 	return ring, nil
+}
+
+// loadRing is LoadKeyRing for an overlay on etcd: with autogen, a missing
+// master key is created only while the store holds no sealed record. A new
+// key over records sealed with a lost one would leave them unreadable behind
+// a service that looks healthy; the user has to restore the key instead.
+func loadRing(ctx context.Context, o *Overlay, client *clientv3.Client) (*overlay.KeyRing, error) {
+	if o.Autogen && o.Store == "etcd" && client != nil {
+		if _, err := os.Stat(o.MasterKey); errors.Is(err, fs.ErrNotExist) {
+			n, err := countSealed(ctx, client, o)
+			if err != nil {
+				return nil, fmt.Errorf("secrets.overlay: master_key %s is missing; autogen checks the store is empty before creating one, and that check failed: %w", o.MasterKey, err)
+			}
+			if n > 0 {
+				return nil, fmt.Errorf("secrets.overlay: master_key %s is missing, and the store already holds %d records sealed with a master key; "+
+					"autogen creates a key only for an empty store. Restore the key file (sealrun backup restore, see docs/backup.md) "+
+					"or point master_key at it", o.MasterKey, n)
+			}
+		}
+	}
+	return LoadKeyRing(o)
+}
+
+// countSealed counts the overlay's records and Custodia API records in etcd.
+func countSealed(ctx context.Context, client *clientv3.Client, o *Overlay) (int64, error) {
+	var n int64
+	for _, prefix := range []string{o.Prefix, custodia.Prefix(o.CustodiaNamespace)} {
+		resp, err := client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return 0, err
+		}
+		n += resp.Count
+	}
+	return n, nil
 }
 
 // OverlayParts are the pieces of a key-file overlay kept in etcd, for tools
@@ -65,12 +103,13 @@ func OpenOverlayParts(ctx context.Context, c *Config) (*OverlayParts, error) {
 	if c.Secrets.Backend != "overlay" || o == nil || o.Transit != nil || o.Store != "etcd" {
 		return nil, errors.New("secrets: want backend overlay with store etcd and master_key (not transit)")
 	}
-	ring, err := LoadKeyRing(o)
-	if err != nil {
-		return nil, err
-	}
 	client, closers, err := openEtcd(ctx, c.State.Etcd, nil)
 	p := &OverlayParts{closers: closers}
+	if err != nil {
+		_ = p.Close()
+		return nil, err
+	}
+	ring, err := loadRing(ctx, o, client)
 	if err != nil {
 		_ = p.Close()
 		return nil, err

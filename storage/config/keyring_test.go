@@ -1,6 +1,9 @@
 package config_test
 
 import (
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -74,5 +77,57 @@ func TestOldKeysStillOpen(t *testing.T) {
 	bad := yml(newKey, filepath.Join(dir, "missing.key"))
 	if _, err := config.Open(t.Context(), bad, nil); err == nil || !strings.Contains(err.Error(), "old_keys") {
 		t.Fatalf("missing old key: %v", err)
+	}
+}
+
+// TestAutogenRefusesOverSealedRecords: a lost master key with autogen on must
+// not be silently replaced by a new one while records sealed with the old key
+// exist; the user is told to restore it, and no key file is created.
+func TestAutogenRefusesOverSealedRecords(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "master.key")
+	y := "state: {backend: etcd, etcd: {data_dir: " + filepath.Join(dir, "etcd") + "}}\n" +
+		"secrets: {backend: overlay, overlay: {store: etcd, autogen: true, master_key: " + key + "}}\n"
+	c, err := config.Decode(strings.NewReader(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An empty store: autogen creates the key.
+	svc, err := config.Open(t.Context(), c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Put(t.Context(), &secrets.Raw{Name: "a/b", Value: secrets.Secret("v")}, driver.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(key); err != nil {
+		t.Fatal(err)
+	}
+	for name, open := range map[string]func() error{
+		"Open": func() error {
+			svc, err := config.Open(t.Context(), c, nil)
+			if err == nil {
+				_ = svc.Close()
+			}
+			return err
+		},
+		"OpenOverlayParts": func() error {
+			p, err := config.OpenOverlayParts(t.Context(), c)
+			if err == nil {
+				_ = p.Close()
+			}
+			return err
+		},
+	} {
+		err := open()
+		if err == nil || !strings.Contains(err.Error(), "holds 1 records") || !strings.Contains(err.Error(), "backup restore") {
+			t.Fatalf("%s over sealed records without the key: %v", name, err)
+		}
+		if _, statErr := os.Stat(key); !errors.Is(statErr, fs.ErrNotExist) {
+			t.Fatalf("%s created a new master key over sealed records: %v", name, statErr)
+		}
 	}
 }

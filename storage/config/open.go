@@ -65,7 +65,7 @@ func OpenWith(ctx context.Context, c *Config, opts storage.Options) (_ *storage.
 			}
 			break
 		}
-		ring, err := LoadKeyRing(o)
+		ring, err := loadRing(ctx, o, client)
 		if err != nil {
 			return nil, err
 		}
