@@ -55,6 +55,13 @@ type Config struct {
 	// Heartbeat is how often the RunnerRecord is refreshed in etcd
 	// (default 10s; negative disables it).
 	Heartbeat time.Duration `yaml:"heartbeat"`
+	// ClaimLease is how long a job's claim outlives its runner's last
+	// renewal (default 30s; renewed every third of it). It is how long a
+	// SIGKILLed runner's in-flight jobs wait before another runner takes
+	// them over; shorter means faster takeover but a runner cut off from
+	// etcd for longer than the lease loses its running jobs to another
+	// runner, which runs them again (docs/scale.md).
+	ClaimLease time.Duration `yaml:"claim_lease"`
 	// Storage is sealrun's storage configuration (see storage/config); the
 	// runner keeps JobRecords and RunnerRecords in its state backend.
 	Storage yaml.Node `yaml:"storage"`
@@ -272,6 +279,9 @@ func (c *Config) setDefaults() {
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 10 * time.Second
 	}
+	if c.ClaimLease == 0 {
+		c.ClaimLease = DefaultClaimLease
+	}
 	if d := c.Discover; d != nil && d.Interval <= 0 {
 		d.Interval = 30 * time.Second
 	}
@@ -339,6 +349,9 @@ func (c *Config) Validate() error {
 	case "noop":
 	default:
 		return fmt.Errorf("executor.type %q: want command or noop", c.Executor.Type)
+	}
+	if c.ClaimLease < MinClaimLease {
+		return fmt.Errorf("claim_lease %s: must be at least %s (it is renewed every third of it, and each renewal is an etcd write that must fit in that time)", c.ClaimLease, MinClaimLease)
 	}
 	if c.JobRetention > 0 && c.JobRetention <= c.ReplayWindow {
 		return fmt.Errorf("job_retention %s: must exceed replay_window (%s), or a replayed HPKE message could run again", c.JobRetention, c.ReplayWindow)

@@ -39,6 +39,9 @@ func TestDecodeConfig(t *testing.T) {
 		"discover bad url":     minimalConfig + "discover: {management_url: 'amqp://x', patterns: [a]}\n",
 		"discover password":    minimalConfig + "discover: {management_url: 'http://u:p@x:1', patterns: [a]}\n",
 		"discover unknown":     minimalConfig + "discover: {management_url: 'http://x:1', patterns: [a], nope: 1}\n",
+		"claim lease short":    minimalConfig + "claim_lease: 1s\n",
+		"claim lease negative": minimalConfig + "claim_lease: -30s\n",
+		"claim lease no unit":  minimalConfig + "claim_lease: 30\n",
 		"proxy header typo":    strings.Replace(minimalConfig, "source: dir, dir: /keys", "source: proxy, proxy: {api_id: r, id_headers: X}", 1),
 	}
 	for name, doc := range cases {
@@ -62,6 +65,26 @@ func TestDecodeConfig(t *testing.T) {
 	}
 }
 
+// The claim lease is the user's knob for how long a SIGKILLed runner's jobs
+// wait before another runner takes them over.
+func TestDecodeConfigClaimLease(t *testing.T) {
+	c, err := DecodeConfig(strings.NewReader(minimalConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ClaimLease != DefaultClaimLease {
+		t.Errorf("default claim_lease %v, want %v", c.ClaimLease, DefaultClaimLease)
+	}
+	c, err = DecodeConfig(strings.NewReader(minimalConfig + "claim_lease: 5s\n"))
+	if err != nil || c.ClaimLease != 5*time.Second {
+		t.Fatalf("claim_lease: 5s decoded as %v, %v", c, err)
+	}
+	_, err = DecodeConfig(strings.NewReader(minimalConfig + "claim_lease: 500ms\n"))
+	if err == nil || !strings.Contains(err.Error(), "claim_lease 500ms: must be at least 3s") {
+		t.Errorf("claim_lease below the minimum: error %v, want one naming the field and the minimum", err)
+	}
+}
+
 func TestExampleConfig(t *testing.T) {
 	// As under systemd's LoadCredential=, which the example relies on.
 	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/sealrun-runner.service")
@@ -76,6 +99,9 @@ func TestExampleConfig(t *testing.T) {
 	}
 	if c.StorageConfig() == nil || c.StorageConfig().State.Backend != "etcd" {
 		t.Fatalf("storage section not decoded: %+v", c.StorageConfig())
+	}
+	if c.ClaimLease != DefaultClaimLease {
+		t.Errorf("example claim_lease %v, want the default %v", c.ClaimLease, DefaultClaimLease)
 	}
 }
 

@@ -29,6 +29,10 @@ const (
 // well within this.
 const DefaultClaimLease = 30 * time.Second
 
+// MinClaimLease is the shortest claim_lease the config accepts: renewals
+// run every third of the lease and must get through an etcd leader change.
+const MinClaimLease = 3 * time.Second
+
 // claimResult is the outcome of claiming a message in the job store.
 type claimResult int
 

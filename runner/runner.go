@@ -87,7 +87,7 @@ func New(o Options) (*Runner, error) {
 	if o.Config == nil || o.Keys == nil || o.Store == nil {
 		return nil, errors.New("runner: Config, Keys and Store are required")
 	}
-	r := &Runner{cfg: o.Config, log: o.Logger, keys: o.Keys, jobs: &Jobs{Store: o.Store, Owner: instanceName(o.Config.RunnerID)}, store: o.Store,
+	r := &Runner{cfg: o.Config, log: o.Logger, keys: o.Keys, jobs: &Jobs{Store: o.Store, Owner: instanceName(o.Config.RunnerID), Lease: o.Config.ClaimLease}, store: o.Store,
 		exec: o.Executor, m: newMetrics(), version: o.Version,
 		slots: make(chan struct{}, o.Config.Concurrency), ready: make(chan struct{}),
 		queues: newQueueSet(o.Config.Queues)}
