@@ -14,11 +14,9 @@ package chaos
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,30 +108,7 @@ func TestChaos(t *testing.T) {
 	vhost := amqpURL[strings.LastIndex(amqpURL, "/")+1:]
 	etcd := startEtcdChild(t, dir)
 
-	// Keys.
-	msgKey, err := envelope.GenerateMessageKey(2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	respKey, err := envelope.GenerateMessageKey(2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hk, err := envelope.GenerateHPKEKey(envelope.SuiteHPKEHybrid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, _ := envelope.GenerateSigningKey()
-	stranger, _ := envelope.GenerateSigningKey()
-	pass := []byte("chaos-passphrase")
-	msgPEM, err := msgKey.MarshalEncryptedPEM(pass)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hkPEM, err := hk.MarshalPEM()
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := newKeySet(t)
 
 	// The secrets proxy: overlay on its own embedded etcd.
 	sock := filepath.Join(dir, "secrets.sock")
@@ -162,34 +137,8 @@ storage:
 		return p
 	}
 	proxy := startProxy()
-	b64 := base64.StdEncoding.EncodeToString
-	put := func(kind, name string, v any) {
-		js, _ := json.Marshal(v)
-		runCmd(t, js, bin, "secrets", "put", "--socket", sock, "--api-id", "admin", "--api-key-file", adminKeyFile,
-			"--kind", kind, name)
-	}
-	put(secrets.KindMessagePrivateKey, "message", map[string]string{"key_id": "message", "pem": b64(msgPEM)})
-	put(secrets.KindMessagePassphrase, "message", map[string]string{"key_id": "message", "passphrase": b64(pass)})
-	put(secrets.KindMessagePrivateKey, "hpke", map[string]string{"key_id": "hpke", "pem": b64(hkPEM)})
-	put(secrets.KindSigningKey, prefix, map[string]string{"queue_prefix": prefix, "public_key": signer.Public().AuthorizedKey()})
-	put(secrets.KindResponseKey, prefix, map[string]string{"response_prefix": prefix,
-		"public_key_pem": string(respKey.Public().MarshalPKCS1PEM())})
-
-	// Response queues exist before the runners look for them.
-	conn, err := amqp.Dial(amqpURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range queues {
-		if _, err := ch.QueueDeclare(envelope.ResponseQueue(q), true, false, false, false, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn.Close()
+	keys.store(t, bin, sock, adminKeyFile)
+	declareResponseQueues(t, amqpURL, nil)
 
 	// Two runner processes sharing the etcd child.
 	stateYAML := fmt.Sprintf(`state: {backend: etcd, etcd: {endpoints: [%q], dial_timeout: 2s, timeout: 5s}}
@@ -197,117 +146,32 @@ secrets: {backend: none}
 `, etcd.endpoint())
 	runs := filepath.Join(dir, "runs.log")
 	var runners []*proc
-	var runnerHTTP []string
+	var specs []runnerSpec
+	var runnerLogs []string
 	for i := range 2 {
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		runnerHTTP = append(runnerHTTP, addr)
-		cfg := write(fmt.Sprintf("runner-%d.yaml", i), []byte(fmt.Sprintf(`runner_id: chaos-runner-%d
-amqp: {url: %q, reconnect_min: 200ms, reconnect_max: 2s}
-queues: [%s]
-dead_letter: {}
-concurrency: 4
-shutdown_grace: 10s
-heartbeat: 1s
-keys:
-  source: proxy
-  proxy: {socket: %s, api_id: runner, api_key_file: %s}
-executor:
-  command: ["/bin/sh", "-c", "cat >/dev/null; echo {{.ID}} >>%s; echo ok"]
-http: {listen: %q}
-storage:
-  %s`, i, amqpURL, strings.Join(queues, ", "), sock, runnerKeyFile, runs, addr, strings.ReplaceAll(strings.TrimSpace(stateYAML), "\n", "\n  "))))
-		runners = append(runners, startProc(t, fmt.Sprintf("runner-%d", i), filepath.Join(dir, fmt.Sprintf("runner-%d.log", i)),
-			nil, bin, "runner", "--config", cfg))
+		spec := runnerSpec{id: fmt.Sprintf("chaos-runner-%d", i), amqp: fmt.Sprintf("url: %q", amqpURL), sock: sock,
+			keyFile: runnerKeyFile, httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), stateYAML: stateYAML,
+			command: []string{"/bin/sh", "-c", "cat >/dev/null; echo {{.ID}} >>" + runs + "; echo ok"}}
+		runners = append(runners, startRunner(t, bin, dir, spec))
+		specs = append(specs, spec)
+		runnerLogs = append(runnerLogs, filepath.Join(dir, spec.id+".log"))
 	}
-	for i, addr := range runnerHTTP {
-		waitFor(t, 60*time.Second, "runner ready", func() bool {
-			if runners[i].exited() {
-				t.Fatalf("runner %d exited: %v (log %s)", i, runners[i].err, filepath.Join(dir, fmt.Sprintf("runner-%d.log", i)))
-			}
-			r, err := http.Get("http://" + addr + "/readyz")
-			if err != nil {
-				return false
-			}
-			r.Body.Close()
-			return r.StatusCode == 200
-		})
+	for i, spec := range specs {
+		waitRunnerReady(t, runners[i], spec.httpAddr, runnerLogs[i])
 	}
 
 	// Messages: half StudioML, half HPKE, round-robin over the queues, one
 	// poison message in 500 (a stranger's signature or garbage).
-	var msgs []msg
-	poisonEvery := 500
-	if n < 4*poisonEvery {
-		poisonEvery = n / 4 // a short run still has poison messages
-	}
-	for i := 0; i < n; i++ {
-		q := queues[i%len(queues)]
-		id := fmt.Sprintf("m-%06d", i)
-		req := []byte(fmt.Sprintf(`{"experiment": {"key": %q}, "config": {}}`, id))
-		var body []byte
-		job := "amqp-" + id
-		if i%2 == 0 {
-			body, err = envelope.SealStudioML(req, msgKey.Public(), signer)
-		} else {
-			body, err = envelope.SealHPKE(req, hk.Public(), signer, envelope.SealHPKEOptions{Queue: q, ID: id})
-			job = "hpke-" + id
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs = append(msgs, msg{id: id, job: job, queue: q, body: body})
-		if i%poisonEvery == poisonEvery/2 {
-			pid := fmt.Sprintf("p-%06d", i)
-			pb, err := envelope.SealStudioML(req, msgKey.Public(), stranger)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if (i/poisonEvery)%2 == 1 {
-				pb = []byte("not a sealed message " + pid)
-			}
-			msgs = append(msgs, msg{id: pid, job: "amqp-" + pid, queue: q, body: pb, poison: true})
-		}
-	}
-	poison := 0
-	for _, m := range msgs {
-		if m.poison {
-			poison++
-		}
-	}
+	msgs, poison := buildMessages(t, keys, n, 500)
 	t0 := time.Now()
-	jobOf := map[string]string{}
-	for _, m := range msgs {
-		jobOf[m.id] = m.job
-	}
 	publishAll(t, amqpURL, msgs)
 	t.Logf("published %d messages (%d poison) in %v", len(msgs), poison, time.Since(t0))
 
 	// Responses are collected from the start (the drainer survives broker
 	// restarts); faults are driven by how many have arrived.
 	good := len(msgs) - poison
-	respCh := make(chan response, 256)
-	stopDrain, dupCopies := drainResponses(t, amqpURL, respKey, respCh)
-	var mu sync.Mutex
-	got := map[string]int{}
-	collected := make(chan struct{})
-	go func() {
-		defer close(collected)
-		for r := range respCh {
-			rep := r.report
-			mu.Lock()
-			got[rep.ExperimentID]++
-			mu.Unlock()
-			if j := jobOf[rep.ExperimentID]; rep.UniqueID != j || r.messageID != "response-"+j {
-				t.Errorf("response for %s carries unique id %q and message id %q, want %q and response-%[4]s",
-					rep.ExperimentID, rep.UniqueID, r.messageID, j)
-			}
-		}
-	}()
-	answered := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(got)
-	}
+	col := collect(t, amqpURL, keys.resp, msgs)
+	answered := col.answered
 	faults := []struct {
 		at   float64 // fraction of the good messages answered
 		name string
@@ -335,11 +199,7 @@ storage:
 	}
 	waitFor(t, time.Until(deadline), "every response", func() bool { return answered() >= good })
 	elapsed := time.Since(t0)
-	// Settle: late duplicates would show up now.
-	time.Sleep(3 * time.Second)
-	stopDrain()
-	close(respCh)
-	<-collected
+	got := col.finish()
 	t.Logf("all %d responses after %v (%.0f msg/s including faults)", good, elapsed, float64(good)/elapsed.Seconds())
 
 	// Nothing left in the work queues, ready or unacked.
@@ -363,51 +223,18 @@ storage:
 	// again because its confirm was lost in a broker kill (AMQP publishing
 	// is at-least-once), or redelivered to the drainer after a lost ack, has
 	// the same message id and the same body; those copies are counted apart.
-	distinct := 0
-	for _, m := range msgs {
-		if m.poison {
-			continue
-		}
-		switch c := got[m.id]; {
-		case c == 0:
-			t.Errorf("message %s: no response", m.id)
-		case c > 1:
-			t.Errorf("message %s: %d distinct responses", m.id, c)
-		default:
-			distinct++
-		}
-	}
-	if distinct != good {
-		t.Errorf("%d distinct responses by message id, want %d", distinct, good)
-	}
+	distinct := checkAnswers(t, got, msgs)
 	// Copies are not bounded here: besides runner re-publishes, they include
 	// responses the drainer acked before a broker kill that the broker lost
 	// (up to its prefetch), and a recovered message's redelivered flag is
 	// not reliable after a SIGKILL.
-	fresh, redelivered := dupCopies()
+	fresh, redelivered := col.dups()
 	t.Logf("distinct responses: %d of %d; duplicate copies (same message id, identical body): %d (%d flagged redelivered)",
 		distinct, good, fresh+redelivered, redelivered)
-	for id := range got {
-		if strings.HasPrefix(id, "p-") {
-			t.Errorf("poison message %s answered", id)
-		}
-	}
 	checkJobRecords(t, stateYAML, msgs)
 	checkDead(t, amqpURL, msgs, 3)
 	checkRuns(t, runs, msgs)
-	events := map[string]int{}
-	for i := range runners {
-		log, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("runner-%d.log", i)))
-		if strings.Contains(string(log), string(pass)) {
-			t.Errorf("runner %d log contains the passphrase", i)
-		}
-		// How often each path of the claim logic was taken.
-		for _, ev := range []string{"waiting for it instead of running it again", "already run and answered",
-			"taking over an unfinished run", "answering a finished job whose response was never recorded", "retrying on the current broker session",
-			"claim taken over by another runner", "rejected again"} {
-			events[ev] += strings.Count(string(log), ev)
-		}
-	}
+	events := runnerEvents(t, runnerLogs, keys.pass)
 	t.Logf("runner log events: %v", events)
 	if out, err := exec.Command(bin, "audit", "verify", filepath.Join(dir, "audit.log")).CombinedOutput(); err != nil {
 		t.Errorf("audit verify across a proxy restart: %v %s", err, out)
