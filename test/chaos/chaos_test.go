@@ -203,16 +203,7 @@ secrets: {backend: none}
 	t.Logf("all %d responses after %v (%.0f msg/s including faults)", good, elapsed, float64(good)/elapsed.Seconds())
 
 	// Nothing left in the work queues, ready or unacked.
-	waitFor(t, 30*time.Second, "empty work queues", func() bool {
-		out := node.Ctl(t, "list_queues", "-p", vhost, "--no-table-headers", "--quiet", "name", "messages_ready", "messages_unacknowledged")
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			f := strings.Fields(line)
-			if len(f) == 3 && !strings.HasSuffix(f[0], ".dead") && !strings.HasSuffix(f[0], "_response") && (f[1] != "0" || f[2] != "0") {
-				return false
-			}
-		}
-		return true
-	})
+	checkQueuesEmpty(t, func(args ...string) string { return node.Ctl(t, args...) }, vhost)
 
 	// Stop the runners (SIGTERM: clean shutdown), then check the records.
 	for _, r := range runners {
@@ -451,7 +442,7 @@ func checkJobRecords(t *testing.T, stateYAML string, msgs []msg) {
 // verification), since a redelivery proves the first reject did not
 // complete; so a poison message can have one more dead copy per broker
 // kill it lived through — never more. Those copies are reported.
-func checkDead(t *testing.T, url string, msgs []msg, kills int) {
+func checkDead(t *testing.T, url string, msgs []msg, kills int) (dead deadCount) {
 	want := map[string]bool{}
 	for _, m := range msgs {
 		if m.poison {
@@ -501,6 +492,33 @@ func checkDead(t *testing.T, url string, msgs []msg, kills int) {
 		}
 	}
 	t.Logf("dead letters: %d poison messages, %d extra copies", len(want), extra)
+	for id := range want {
+		if copies[id] > 0 {
+			dead.distinct++
+		}
+	}
+	dead.extra = extra
+	return dead
+}
+
+// deadCount is what checkDead found: poison messages dead-lettered, and
+// extra copies of them.
+type deadCount struct{ distinct, extra int }
+
+// checkQueuesEmpty: no work queue in vhost holds a message, ready or
+// unacked (ctl runs rabbitmqctl).
+func checkQueuesEmpty(t *testing.T, ctl func(args ...string) string, vhost string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "empty work queues", func() bool {
+		out := ctl("list_queues", "-p", vhost, "--no-table-headers", "--quiet", "name", "messages_ready", "messages_unacknowledged")
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 3 && !strings.HasSuffix(f[0], ".dead") && !strings.HasSuffix(f[0], "_response") && (f[1] != "0" || f[2] != "0") {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // checkRuns: the executor ran exactly once per good message and never for

@@ -6,6 +6,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -54,15 +56,15 @@ type clusterSys struct {
 	amqpURL string
 	vhost   string
 
-	keys                             *keySet
-	proxyCfgs, proxySocks, proxyLogs []string
-	proxies                          []*proc
-	runnerKeyFile, probeKeyFile      string
-	specs                            []runnerSpec
-	runners                          []*proc
-	runnerLogs                       []string
-	stateYAML                        string
-	events                           string // one line per job start and end: "start|end <job> <runner> <unix ns>"
+	keys                                      *keySet
+	proxyCfgs, proxySocks, proxyLogs          []string
+	proxies                                   []*proc
+	runnerKeyFile, probeKeyFile, adminKeyFile string
+	specs                                     []runnerSpec
+	runners                                   []*proc
+	runnerLogs                                []string
+	stateYAML                                 string
+	events                                    string // one line per job start and end: "start|end <job> <runner> <unix ns>"
 }
 
 func (c *clusterSys) write(name, data string) string {
@@ -132,6 +134,9 @@ func startCluster(t *testing.T, o clusterOpts, say func(string, ...any)) *cluste
 		c.proxyLogs = append(c.proxyLogs, filepath.Join(dir, fmt.Sprintf("proxy-%d.log", i)))
 		c.proxyCfgs = append(c.proxyCfgs, c.write(fmt.Sprintf("proxy-%d.yaml", i), fmt.Sprintf(`listen: {socket: %s}
 audit_log: %s
+# Vault's watch polls, so the value cache is off with Vault unless asked
+# for; without it a read in flight when the active node dies fails.
+cache: {values: on}
 storage:
   state: {backend: etcd, etcd: {endpoints: %s, prefix: /proxy/, dial_timeout: 2s, timeout: 10s}}
   secrets: %s
@@ -148,6 +153,7 @@ storage:
 		c.proxies = append(c.proxies, nil)
 		c.startProxy(i)
 	}
+	c.adminKeyFile = adminKeyFile
 	say("proxies: %d up over the etcd cluster%s", o.proxies, map[bool]string{true: " and Vault", false: ""}[o.vault])
 	c.keys = newKeySet(t)
 	c.keys.store(t, c.bin, c.proxySocks[0], adminKeyFile)
@@ -186,17 +192,26 @@ func (c *clusterSys) startRunner(i int) {
 	waitRunnerReady(c.t, c.runners[i], c.specs[i].httpAddr, c.runnerLogs[i])
 }
 
-// startProxy (re)starts proxy i and waits for its socket.
+// startProxy (re)starts proxy i and waits until it answers on its socket
+// (an unauthenticated request is refused: the proxy is serving).
 func (c *clusterSys) startProxy(i int) {
 	sock := c.proxySocks[i]
 	_ = os.Remove(sock)
 	p := startProc(c.t, fmt.Sprintf("proxy-%d", i), c.proxyLogs[i], nil, c.bin, "secrets", "serve", "--config", c.proxyCfgs[i])
-	waitFor(c.t, 60*time.Second, "proxy socket", func() bool {
+	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	waitFor(c.t, 60*time.Second, "proxy serving", func() bool {
 		if p.exited() {
 			c.t.Fatalf("proxy %d exited: %v (log %s)", i, p.err, c.proxyLogs[i])
 		}
-		_, err := os.Stat(sock)
-		return err == nil
+		r, err := hc.Get("http://proxy/secrets/")
+		if err != nil {
+			return false
+		}
+		r.Body.Close()
+		return true
 	})
 	c.proxies[i] = p
 }
@@ -259,12 +274,14 @@ type probe struct {
 	mu      sync.Mutex
 	ok      []int
 	fails   [][]time.Time
+	errs    [][]string
 	stop    func()
 	stopped chan struct{}
 }
 
 func (c *clusterSys) startProbe() *probe {
-	pr := &probe{ok: make([]int, len(c.proxySocks)), fails: make([][]time.Time, len(c.proxySocks)), stopped: make(chan struct{})}
+	pr := &probe{ok: make([]int, len(c.proxySocks)), fails: make([][]time.Time, len(c.proxySocks)),
+		errs: make([][]string, len(c.proxySocks)), stopped: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for i, sock := range c.proxySocks {
@@ -284,6 +301,7 @@ func (c *clusterSys) startProbe() *probe {
 				pr.mu.Lock()
 				if err != nil {
 					pr.fails[i] = append(pr.fails[i], time.Now())
+					pr.errs[i] = append(pr.errs[i], err.Error())
 				} else {
 					pr.ok[i]++
 				}
@@ -314,7 +332,7 @@ func (pr *probe) check(t *testing.T, allowed []window, say func(string, ...any))
 	defer pr.mu.Unlock()
 	for i, fs := range pr.fails {
 		var first, last time.Time
-		for _, at := range fs {
+		for k, at := range fs {
 			total++
 			in := false
 			for _, w := range allowed {
@@ -324,7 +342,7 @@ func (pr *probe) check(t *testing.T, allowed []window, say func(string, ...any))
 			}
 			if !in {
 				outside++
-				t.Errorf("proxy %d: secret read failed at %s, outside every allowed window", i, at.Format("15:04:05.000"))
+				t.Errorf("proxy %d: secret read failed at %s, outside every allowed window: %s", i, at.Format("15:04:05.000"), pr.errs[i][k])
 			}
 			if first.IsZero() {
 				first = at
@@ -385,4 +403,23 @@ func (c *clusterSys) killRunner(i int) (inflight []string, at time.Time) {
 	c.runners[i].kill(syscall.SIGKILL)
 	at = time.Now()
 	return c.inFlight(c.specs[i].id, at), at
+}
+
+// runnersOf names the runners that read their keys through proxy i.
+func (c *clusterSys) runnersOf(i int) []string {
+	var ids []string
+	for _, s := range c.specs {
+		if s.sock == c.proxySocks[i] {
+			ids = append(ids, s.id)
+		}
+	}
+	return ids
+}
+
+func (c *clusterSys) auditLog(i int) string {
+	return filepath.Join(c.dir, fmt.Sprintf("audit-%d.log", i))
+}
+
+func (c *clusterSys) checkQueuesEmpty() {
+	checkQueuesEmpty(c.t, func(args ...string) string { return c.rabbit.Ctl(c.t, args...) }, c.vhost)
 }
