@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -40,6 +41,16 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envEtcdDir) != "" {
 		os.Exit(runEtcdChild())
 	}
+	// Interrupted (make cluster-demo's trap, ^C): stop the RabbitMQ node;
+	// every other process dies with this one (Pdeathsig).
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		fmt.Fprintf(os.Stderr, "chaos: %v: stopping RabbitMQ and every process started\n", s)
+		testenv.StopRabbitMQ()
+		os.Exit(1)
+	}()
 	code := m.Run()
 	testenv.StopRabbitMQ()
 	os.Exit(code)
