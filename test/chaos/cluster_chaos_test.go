@@ -88,10 +88,7 @@ func TestClusterChaos(t *testing.T) {
 			return fmt.Sprintf("the node was killed and restarted in %v", time.Since(t0).Round(time.Millisecond))
 		}},
 		{"SIGKILL the active Vault node", func() string {
-			a, err := c.vault.WaitActive(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			a := c.vaultSettled(ctx)
 			t0 := time.Now()
 			c.vault.Kill(a)
 			na, err := c.vault.WaitActive(ctx)
@@ -185,9 +182,10 @@ func TestClusterChaos(t *testing.T) {
 	dead := checkDead(t, c.amqpURL, msgs, 1)
 	say("poison: %d messages, %d dead-lettered (%d extra copies)", poison, dead.distinct, dead.extra)
 	runs, again := c.checkClusterRuns(msgs, killedRunner, runnerKill)
-	say("runs: %d job starts; %d jobs ran a second time, each first started on the killed runner and not recorded finished when it died (%d of them still running then)",
-		runs, again, len(runnerInflight))
+	say("runs: %d job starts for %d good messages", runs, good)
 	if killedRunner != "" {
+		say("  %d jobs ran a second time, each first started on the killed runner and not recorded finished when it died (%d of them still running then)",
+			again, len(runnerInflight))
 		var delays []time.Duration
 		for _, j := range runnerInflight {
 			id := j[strings.Index(j, "-")+1:]
@@ -218,6 +216,9 @@ func TestClusterChaos(t *testing.T) {
 	say("audit logs: each proxy's verifies")
 	for _, s := range steps {
 		t.Logf("%6.1fs %5d answered  %-32s took %-8v %s", s.at.Seconds(), s.answered, s.name, s.took.Round(time.Millisecond), s.what)
+	}
+	if demo {
+		c.printJobs(msgs, got)
 	}
 	if demo && !t.Failed() {
 		say("every job answered once; stopping everything")

@@ -423,3 +423,50 @@ func (c *clusterSys) auditLog(i int) string {
 func (c *clusterSys) checkQueuesEmpty() {
 	checkQueuesEmpty(c.t, func(args ...string) string { return c.rabbit.Ctl(c.t, args...) }, c.vhost)
 }
+
+// vaultSettled waits until one node is active and every running node names
+// it as the leader (a standby that still follows an old leader would make
+// the failover time meaningless), and returns it.
+func (c *clusterSys) vaultSettled(ctx context.Context) int {
+	var active int
+	waitFor(c.t, time.Minute, "a settled Vault cluster", func() bool {
+		a := c.vault.Active(ctx)
+		if a < 0 {
+			return false
+		}
+		for i := range c.vault.Addrs {
+			if !c.vault.Running(i) {
+				continue
+			}
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			l, err := c.vault.Client(i).Sys().LeaderWithContext(lctx)
+			cancel()
+			if err != nil || (l.LeaderAddress != c.vault.Addrs[a] && !(i == a && l.IsSelf)) {
+				return false
+			}
+		}
+		active = a
+		return true
+	})
+	return active
+}
+
+// printJobs prints, per good message, how often it was answered and run,
+// and on which runners it started.
+func (c *clusterSys) printJobs(msgs []msg, got map[string]int) {
+	on := map[string][]string{}
+	for _, e := range c.jobEvents() {
+		if e.kind == "start" {
+			on[e.job] = append(on[e.job], e.runner)
+		}
+	}
+	fmt.Printf("\n%-10s %-15s %8s %5s  %s\n", "message", "job", "answered", "runs", "ran on")
+	for _, m := range msgs {
+		if m.poison {
+			fmt.Printf("%-10s %-15s %8d %5d  (poison: dead-lettered)\n", m.id, m.job, got[m.id], len(on[m.job]))
+			continue
+		}
+		fmt.Printf("%-10s %-15s %8d %5d  %s\n", m.id, m.job, got[m.id], len(on[m.job]), strings.Join(on[m.job], ", "))
+	}
+	fmt.Println()
+}
