@@ -70,14 +70,16 @@ func RabbitMQ(t testing.TB) *RabbitMQNode {
 }
 
 // StopRabbitMQ stops the shared node (rabbitmqctl stop, then epmd by PID)
-// if one was started. Call it from TestMain after m.Run.
+// and the shared cluster (SharedRabbitCluster), those that were started.
+// Call it from TestMain after m.Run (testenv.Main does).
 func StopRabbitMQ() {
 	rabbit.Lock()
-	defer rabbit.Unlock()
 	if rabbit.node != nil {
 		rabbit.node.stop()
 		rabbit.node = nil
 	}
+	rabbit.Unlock()
+	stopSharedRabbitCluster()
 }
 
 func freePort() (int, error) {
@@ -90,31 +92,68 @@ func freePort() (int, error) {
 }
 
 func startRabbitMQ(ctx context.Context) (*RabbitMQNode, error) {
-	server := filepath.Join(RabbitMQBinDir, "rabbitmq-server")
-	if _, err := os.Stat(server); err != nil {
-		return nil, fmt.Errorf("rabbitmq-server is not installed (%v): run scripts/install-deps.sh", err)
-	}
-	epmdBin, err := exec.LookPath("epmd")
+	epmdBin, err := rabbitBinaries()
 	if err != nil {
-		return nil, fmt.Errorf("epmd not found (part of rabbitmq-server's Erlang dependency): run scripts/install-deps.sh")
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "sealrun-rabbitmq-")
 	if err != nil {
 		return nil, err
 	}
-	ports := make([]int, 4)
+	epmdPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	n, err := newRabbitNode(dir, dir, "sealrun-test-"+hex.EncodeToString(b)+"@localhost", epmdPort)
+	if err != nil {
+		return nil, err
+	}
+	if n.epmd, n.epmdDone, err = startEpmd(epmdBin, epmdPort, n.env); err != nil {
+		return nil, err
+	}
+	if err := n.startServer(ctx); err != nil {
+		n.stop()
+		return nil, err
+	}
+	return n, nil
+}
+
+// rabbitBinaries checks that rabbitmq-server is installed and returns the
+// path of epmd.
+func rabbitBinaries() (epmd string, err error) {
+	server := filepath.Join(RabbitMQBinDir, "rabbitmq-server")
+	if _, err := os.Stat(server); err != nil {
+		return "", fmt.Errorf("rabbitmq-server is not installed (%v): run scripts/install-deps.sh", err)
+	}
+	epmd, err = exec.LookPath("epmd")
+	if err != nil {
+		return "", fmt.Errorf("epmd not found (part of rabbitmq-server's Erlang dependency): run scripts/install-deps.sh")
+	}
+	return epmd, nil
+}
+
+// newRabbitNode prepares (does not start) a node whose data, logs and
+// configuration live in dir, with home as $HOME (where the Erlang cookie
+// is: cluster members share one), its own free AMQP, distribution and
+// management ports, and the epmd on epmdPort.
+func newRabbitNode(dir, home, node string, epmdPort int) (*RabbitMQNode, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	ports := make([]int, 3)
+	var err error
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
 			return nil, err
 		}
 	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	n := &RabbitMQNode{dir: dir, node: "sealrun-test-" + hex.EncodeToString(b) + "@localhost", Port: ports[0]}
+	n := &RabbitMQNode{dir: dir, node: node, Port: ports[0]}
 	n.URL = fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", n.Port)
-	n.ManagementURL = fmt.Sprintf("http://127.0.0.1:%d", ports[3])
+	n.ManagementURL = fmt.Sprintf("http://127.0.0.1:%d", ports[2])
 	n.env = append(os.Environ(),
-		"HOME="+dir,
+		"HOME="+home,
 		"RABBITMQ_NODENAME="+n.node,
 		"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1",
 		"RABBITMQ_NODE_PORT="+strconv.Itoa(ports[0]),
@@ -125,7 +164,7 @@ func startRabbitMQ(ctx context.Context) (*RabbitMQNode, error) {
 		"RABBITMQ_ENABLED_PLUGINS_FILE="+filepath.Join(dir, "enabled_plugins"),
 		"RABBITMQ_PID_FILE="+filepath.Join(dir, "rabbitmq.pid"),
 		"ERL_EPMD_ADDRESS=127.0.0.1",
-		"ERL_EPMD_PORT="+strconv.Itoa(ports[2]),
+		"ERL_EPMD_PORT="+strconv.Itoa(epmdPort),
 	)
 	// No plugins at start: the management plugin costs broker CPU on every
 	// message (statistics), which benchmarks would pay. Management turns it
@@ -136,24 +175,25 @@ func startRabbitMQ(ctx context.Context) (*RabbitMQNode, error) {
 	// Loopback guest access is what the tests log in with; the management
 	// listener's address is fixed now so enabling the plugin later needs no
 	// restart.
-	conf := fmt.Sprintf("loopback_users = none\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %d\n", ports[3])
+	conf := fmt.Sprintf("loopback_users = none\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %d\n", ports[2])
 	if err := os.WriteFile(filepath.Join(dir, "rabbitmq.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	// Our own epmd in the foreground, so we hold its PID and stop exactly it.
-	n.epmd = exec.Command(epmdBin, "-port", strconv.Itoa(ports[2]))
-	n.epmd.Env = n.env
-	n.epmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := n.epmd.Start(); err != nil {
-		return nil, fmt.Errorf("start epmd: %w", err)
-	}
-	n.epmdDone = make(chan struct{})
-	go func() { _ = n.epmd.Wait(); close(n.epmdDone) }()
-	if err := n.startServer(ctx); err != nil {
-		n.stop()
-		return nil, err
-	}
 	return n, nil
+}
+
+// startEpmd runs epmd in the foreground on port, so we hold its PID and
+// stop exactly it; done closes when it exits.
+func startEpmd(bin string, port int, env []string) (*exec.Cmd, chan struct{}, error) {
+	cmd := exec.Command(bin, "-port", strconv.Itoa(port))
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start epmd: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	return cmd, done, nil
 }
 
 // startServer starts rabbitmq-server on the node's data dir and waits until
@@ -263,6 +303,16 @@ func (n *RabbitMQNode) kill9() {
 }
 
 func (n *RabbitMQNode) stop() {
+	n.stopServer()
+	if n.epmd != nil && n.epmd.Process != nil {
+		_ = n.epmd.Process.Kill()
+		<-n.epmdDone
+	}
+	_ = os.RemoveAll(n.dir)
+}
+
+// stopServer stops the node's VM: rabbitmqctl stop, SIGKILL if that fails.
+func (n *RabbitMQNode) stopServer() {
 	n.mu.Lock()
 	cmd := n.server
 	n.mu.Unlock()
@@ -278,11 +328,6 @@ func (n *RabbitMQNode) stop() {
 		}
 		n.kill9() // no-op once it has exited; the fallback when stop failed
 	}
-	if n.epmd != nil && n.epmd.Process != nil {
-		_ = n.epmd.Process.Kill()
-		<-n.epmdDone
-	}
-	_ = os.RemoveAll(n.dir)
 }
 
 // Management enables the management plugin on the running node (once; it

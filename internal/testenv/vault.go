@@ -58,8 +58,9 @@ var shared struct {
 	err    error
 }
 
-// Main runs a test package's tests and then stops the Vault dev server and
-// the etcd cluster its tests shared. Use it as TestMain in packages that call Vault:
+// Main runs a test package's tests and then stops the Vault dev server, the
+// etcd cluster and the RabbitMQ node and cluster its tests shared. Use it as
+// TestMain in packages that call Vault:
 //
 //	func TestMain(m *testing.M) { testenv.Main(m) }
 func Main(m *testing.M) {
@@ -73,6 +74,7 @@ func Main(m *testing.M) {
 	}
 	shared.Unlock()
 	stopSharedEtcd()
+	StopRabbitMQ()
 	os.Exit(code)
 }
 
