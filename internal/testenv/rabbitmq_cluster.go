@@ -158,23 +158,48 @@ func startRabbitCluster(ctx context.Context, n int) (*RabbitCluster, error) {
 		c.Stop()
 		return nil, err
 	}
-	seed := c.Nodes[0].node
-	for _, node := range c.Nodes[1:] {
-		for _, args := range [][]string{{"stop_app"}, {"join_cluster", seed}, {"start_app"}} {
-			actx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-			out, err := node.ctl(actx, args...)
-			cancel()
-			if err != nil {
-				c.Stop()
-				return nil, fmt.Errorf("rabbitmqctl -n %s %s: %v: %s (logs in %s)", node.node, strings.Join(args, " "), err, out, node.dir)
-			}
+	// Each rabbitmqctl call costs a second or two of CLI start-up: the
+	// members stop and start their apps at once; only the joins, which
+	// change the cluster's schema, go one by one.
+	seed, joiners := c.Nodes[0].node, c.Nodes[1:]
+	if err := eachNode(ctx, joiners, "stop_app"); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	for _, node := range joiners {
+		if err := eachNode(ctx, []*RabbitMQNode{node}, "join_cluster", seed); err != nil {
+			c.Stop()
+			return nil, err
 		}
+	}
+	if err := eachNode(ctx, joiners, "start_app"); err != nil {
+		c.Stop()
+		return nil, err
 	}
 	if err := c.awaitRunning(ctx, 0); err != nil {
 		c.Stop()
 		return nil, err
 	}
 	return c, nil
+}
+
+// eachNode runs rabbitmqctl args against every node in nodes at once.
+func eachNode(ctx context.Context, nodes []*RabbitMQNode, args ...string) error {
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, node := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			actx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			if out, err := node.ctl(actx, args...); err != nil {
+				errs[i] = fmt.Errorf("rabbitmqctl -n %s %s: %v: %s (logs in %s)", node.node, strings.Join(args, " "), err, out, node.dir)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // NodeName is node i's Erlang node name (rabbit<i+1>@localhost), as
