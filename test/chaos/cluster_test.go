@@ -50,11 +50,14 @@ type clusterSys struct {
 	dir, bin string
 	say      func(format string, args ...any)
 
-	etcd    *testenv.EtcdCluster
-	vault   *testenv.VaultCluster
-	rabbit  *testenv.RabbitMQNode
-	amqpURL string
-	vhost   string
+	etcd   *testenv.EtcdCluster
+	vault  *testenv.VaultCluster
+	rabbit *testenv.RabbitCluster
+	// amqpURLs are the vhost's URLs on every RabbitMQ node; amqpURL, node
+	// 0's, is the test's own clients' (the faults kill another node).
+	amqpURLs []string
+	amqpURL  string
+	vhost    string
 
 	keys                                      *keySet
 	proxyCfgs, proxySocks, proxyLogs          []string
@@ -101,10 +104,11 @@ func startCluster(t *testing.T, o clusterOpts, say func(string, ...any)) *cluste
 	endpoints := fmt.Sprintf("[%s]", strings.Join(c.etcd.Endpoints, ", "))
 
 	t0 = time.Now()
-	c.rabbit = testenv.RabbitMQ(t)
-	c.amqpURL = c.rabbit.VHost(t)
+	c.rabbit = testenv.SharedRabbitCluster(t)
+	c.amqpURLs = c.rabbit.VHost(t)
+	c.amqpURL = c.amqpURLs[0]
 	c.vhost = c.amqpURL[strings.LastIndex(c.amqpURL, "/")+1:]
-	say("RabbitMQ: node up (%v)", time.Since(t0).Round(time.Millisecond))
+	say("RabbitMQ: %d-node cluster up (%v)", len(c.amqpURLs), time.Since(t0).Round(time.Millisecond))
 
 	secretsYAML := fmt.Sprintf("{backend: overlay, overlay: {store: etcd, master_key: %s, autogen: true}}", filepath.Join(dir, "master.key"))
 	var vaultAddrs []string
@@ -166,7 +170,7 @@ secrets: {backend: none}
 		id := fmt.Sprintf("host%d-runner", i)
 		script := fmt.Sprintf(`echo start {{.ID}} %[1]s $(date +%%s%%N) >>%[2]s; cat >/dev/null; %[3]s
 echo end {{.ID}} %[1]s $(date +%%s%%N) >>%[2]s; echo ok`, id, c.events, o.job)
-		spec := runnerSpec{id: id, amqp: fmt.Sprintf("url: %q", c.amqpURL), sock: c.proxySocks[i%o.proxies],
+		spec := runnerSpec{id: id, amqp: fmt.Sprintf("url: %q", c.amqpURLs[i%len(c.amqpURLs)]), sock: c.proxySocks[i%o.proxies],
 			keyFile: c.runnerKeyFile, httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), stateYAML: c.stateYAML,
 			command: []string{"/bin/sh", "-c", script}, concurrency: o.concurrency,
 			extra: fmt.Sprintf("claim_lease: %s", o.lease)}
@@ -350,8 +354,8 @@ func (pr *probe) check(t *testing.T, allowed []window, say func(string, ...any))
 			last = at
 		}
 		if len(fs) > 0 {
-			say("secret reads through proxy %d: %d ok, %d failed between %s and %s", i, pr.ok[i], len(fs),
-				first.Format("15:04:05.000"), last.Format("15:04:05.000"))
+			say("secret reads through proxy %d: %d ok, %d failed between %s and %s (%s)", i, pr.ok[i], len(fs),
+				first.Format("15:04:05.000"), last.Format("15:04:05.000"), strings.Join(slices.Compact(slices.Sorted(slices.Values(pr.errs[i]))), "; "))
 		} else {
 			say("secret reads through proxy %d: %d ok, 0 failed", i, pr.ok[i])
 		}
@@ -469,4 +473,15 @@ func (c *clusterSys) printJobs(msgs []msg, got map[string]int) {
 		fmt.Printf("%-10s %-15s %8d %5d  %s\n", m.id, m.job, got[m.id], len(on[m.job]), strings.Join(on[m.job], ", "))
 	}
 	fmt.Println()
+}
+
+// runnersOnNode names the runners connected to RabbitMQ node i.
+func (c *clusterSys) runnersOnNode(i int) []string {
+	var ids []string
+	for _, s := range c.specs {
+		if strings.Contains(s.amqp, c.amqpURLs[i]) {
+			ids = append(ids, s.id)
+		}
+	}
+	return ids
 }
