@@ -220,7 +220,8 @@ func TestClusterChaos(t *testing.T) {
 	say("secret reads: %d failed, %d of them outside the windows (a proxy down: its kill to 1 s after its restart; Vault failover: the kill to %v after the old active node is back)",
 		total, outside, vaultWindowSlack)
 	for _, w := range allowed {
-		say("  window %-14s %s to %s (%v)", w.why, w.from.Format("15:04:05.000"), w.to.Format("15:04:05.000"), w.to.Sub(w.from).Round(time.Millisecond))
+		say("  window %-14s %s to %s (%v): %d failed", w.why, w.from.Format("15:04:05.000"), w.to.Format("15:04:05.000"),
+			w.to.Sub(w.from).Round(time.Millisecond), w.failed)
 	}
 	for i := range c.runners {
 		if c.specs[i].id != killedRunner && c.runners[i].exited() {

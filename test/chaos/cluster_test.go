@@ -327,11 +327,15 @@ type window struct {
 	proxy    int // -1: any proxy
 	from, to time.Time
 	why      string
+	failed   int // set by check
 }
 
 // check counts the failed reads outside the windows (those fail the test)
 // and reports the rest.
 func (pr *probe) check(t *testing.T, allowed []window, say func(string, ...any)) (total, outside int) {
+	for k := range allowed {
+		allowed[k].failed = 0
+	}
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	for i, fs := range pr.fails {
@@ -339,8 +343,11 @@ func (pr *probe) check(t *testing.T, allowed []window, say func(string, ...any))
 		for k, at := range fs {
 			total++
 			in := false
-			for _, w := range allowed {
+			for k, w := range allowed {
 				if (w.proxy < 0 || w.proxy == i) && !at.Before(w.from) && !at.After(w.to) {
+					if !in {
+						allowed[k].failed++
+					}
 					in = true
 				}
 			}
