@@ -74,8 +74,21 @@ type AMQP struct {
 	// URL is an amqp:// or amqps:// URL. Prefer URLFile: a password in the
 	// config file is readable by whoever can read the config.
 	URL string `yaml:"url"`
-	// URLFile holds the URL (first line), e.g. a mounted secret.
+	// URLs are the nodes of a RabbitMQ cluster (same user and vhost on
+	// each): the runner connects to one and, when that connection is lost,
+	// to the next, round-robin, with the reconnect backoff. Set one of url,
+	// urls and url_file.
+	URLs []string `yaml:"urls"`
+	// URLFile holds the URL, or one URL per line for a cluster, e.g. a
+	// mounted secret. It is read again at each connection attempt.
 	URLFile string `yaml:"url_file"`
+	// QueueType is the type the runner declares its request and
+	// dead-letter queues with: "classic" (default: what existing
+	// deployments and StudioML clients declare) or "quorum" (replicated on
+	// a cluster's nodes; survives the loss of a minority of them). Quorum
+	// queues get a delivery limit the runner's own hand-backs never reach
+	// and at-least-once dead-lettering (docs/scale.md).
+	QueueType string `yaml:"queue_type"`
 	// Exchange is the topic exchange requests are published to (default
 	// "StudioML.topic", spec §5b).
 	Exchange string `yaml:"exchange"`
@@ -224,6 +237,9 @@ func (c *Config) setDefaults() {
 	if a.Exchange == "" {
 		a.Exchange = DefaultExchange
 	}
+	if a.QueueType == "" {
+		a.QueueType = QueueClassic
+	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 4
 	}
@@ -289,15 +305,27 @@ func (c *Config) setDefaults() {
 
 // Validate checks the configuration for consistency.
 func (c *Config) Validate() error {
-	if (c.AMQP.URL == "") == (c.AMQP.URLFile == "") {
-		return errors.New("amqp: set exactly one of url and url_file")
+	set := 0
+	for _, given := range []bool{c.AMQP.URL != "", len(c.AMQP.URLs) > 0, c.AMQP.URLFile != ""} {
+		if given {
+			set++
+		}
+	}
+	if set != 1 {
+		return errors.New("amqp: set exactly one of url, urls and url_file")
 	}
 	if c.AMQP.URL != "" {
-		u, err := url.Parse(c.AMQP.URL)
-		if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
-			// The URL may hold a password: never echo it.
-			return errors.New("amqp.url: not an amqp:// or amqps:// URL")
+		if err := checkAMQPURLs("amqp.url", []string{c.AMQP.URL}); err != nil {
+			return err
 		}
+	}
+	if err := checkAMQPURLs("amqp.urls", c.AMQP.URLs); err != nil {
+		return err
+	}
+	switch c.AMQP.QueueType {
+	case QueueClassic, QueueQuorum:
+	default:
+		return fmt.Errorf("amqp.queue_type %q: want classic or quorum", c.AMQP.QueueType)
 	}
 	if len(c.Queues) == 0 && c.Discover == nil {
 		return errors.New("queues: list at least one queue to consume, or set discover.patterns")
@@ -364,17 +392,101 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// amqpURL returns the broker URL from url or url_file.
-func (c *Config) amqpURL() (string, error) {
-	if c.AMQP.URL != "" {
-		return c.AMQP.URL, nil
+// Queue types amqp.queue_type accepts (RabbitMQ's x-queue-type values).
+const (
+	QueueClassic = "classic"
+	QueueQuorum  = "quorum"
+)
+
+// deliveryMargin is how many returns of a message beyond its hand-backs
+// the delivery limit allows: connection losses and runner restarts (each
+// returns every unsettled delivery), shutdown hand-backs and transient
+// requeues (key source or state store down, paused up to reconnect_max
+// apart).
+const deliveryMargin = 100
+
+// DeliveryLimit is the x-delivery-limit of quorum request queues: how
+// many times the broker may get a message back before it dead-letters it
+// instead of delivering it again.
+//
+// The limit is there to stop a message that kills its runner from killing
+// every runner in turn forever (each crash returns it), not to judge
+// messages: the runner rejects what it can tell is bad itself. So it must
+// exceed what the runner's own rules can return in a message's life. A
+// delivery unsettled after consumer_timeout/2 is handed back (holdDelivery);
+// that happens to a message while it waits in the prefetch for a slot (at
+// most about one job's length: returned messages are delivered first) and
+// again while it runs or while its copy waits for the run's claim (the
+// job's timeout, plus the claim lease and the bookkeeping after it). Each
+// of those two phases is bounded by the same number of hand-backs; the
+// margin covers reconnects and transient requeues. Without hand-backs
+// (consumer_timeout negative) only the margin is needed.
+func (c *Config) DeliveryLimit() int {
+	perPhase := 0
+	if half := c.AMQP.ConsumerTimeout / 2; half > 0 {
+		life := c.Executor.Timeout + DefaultClaimLease + finishTimeout
+		perPhase = int((life + half - 1) / half)
+	}
+	return 2*perPhase + deliveryMargin
+}
+
+// checkAMQPURLs checks each URL of field; errors name the URL by its place
+// in the list, never its text (it may hold a password).
+func checkAMQPURLs(field string, urls []string) error {
+	seen := map[string]bool{}
+	for i, raw := range urls {
+		name := field
+		if len(urls) > 1 || field != "amqp.url" {
+			name = fmt.Sprintf("%s[%d]", field, i)
+		}
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
+			return fmt.Errorf("%s: not an amqp:// or amqps:// URL with a host", name)
+		}
+		if seen[raw] {
+			return fmt.Errorf("%s: listed twice", name)
+		}
+		seen[raw] = true
+	}
+	return nil
+}
+
+// amqpURLs returns the broker URLs from url, urls or url_file (one per
+// line; blank lines and # comments skipped).
+func (c *Config) amqpURLs() ([]string, error) {
+	switch {
+	case c.AMQP.URL != "":
+		return []string{c.AMQP.URL}, nil
+	case len(c.AMQP.URLs) > 0:
+		return c.AMQP.URLs, nil
 	}
 	b, err := os.ReadFile(c.AMQP.URLFile)
 	if err != nil {
-		return "", fmt.Errorf("amqp.url_file: %w", err)
+		return nil, fmt.Errorf("amqp.url_file: %w", err)
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	return strings.TrimSpace(line), nil
+	var urls []string
+	for line := range strings.Lines(string(b)) {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			urls = append(urls, line)
+		}
+	}
+	if len(urls) == 0 {
+		return nil, fmt.Errorf("amqp.url_file %s: no URL in it; write the broker URL on its first line", c.AMQP.URLFile)
+	}
+	if err := checkAMQPURLs("amqp.url_file", urls); err != nil {
+		return nil, err
+	}
+	return urls, nil
+}
+
+// amqpURL returns the first broker URL (the one discovery logs in with:
+// every node of a cluster has the same users and vhosts).
+func (c *Config) amqpURL() (string, error) {
+	urls, err := c.amqpURLs()
+	if err != nil {
+		return "", err
+	}
+	return urls[0], nil
 }
 
 // expandCredentials resolves ${CREDENTIALS_DIRECTORY} in the path options

@@ -119,9 +119,12 @@ func writeFile(t testing.TB, path string, data []byte) {
 // harness is a runner on a private vhost of the package's RabbitMQ node with
 // a real embedded etcd.
 type harness struct {
-	t      testing.TB
-	node   *testenv.RabbitMQNode
+	t    testing.TB
+	node *testenv.RabbitMQNode // nil on a cluster
+	// url is where the test client connects; urls are the runner's on a
+	// cluster (h.url is one of them).
 	url    string
+	urls   []string
 	keyDir string
 	store  *storage.Service
 	r      *Runner
@@ -147,13 +150,23 @@ type harnessOpt struct {
 	before func(url string)
 	// logTo receives the runner's JSON log (in the production format).
 	logTo io.Writer
+	// cluster puts the runner on a fresh vhost of this RabbitMQ cluster,
+	// with every node's URL (amqp.urls) and quorum queues; the test client
+	// connects to the last node. Response queues are declared quorum.
+	cluster *testenv.RabbitCluster
 }
 
 func newHarness(t testing.TB, o harnessOpt) *harness {
 	t.Helper()
 	fixtures(t)
-	h := &harness{t: t, node: testenv.RabbitMQ(t), keyDir: t.TempDir()}
-	h.url = h.node.VHost(t)
+	h := &harness{t: t, keyDir: t.TempDir()}
+	if o.cluster != nil {
+		h.urls = o.cluster.VHost(t)
+		h.url = h.urls[len(h.urls)-1]
+	} else {
+		h.node = testenv.RabbitMQ(t)
+		h.url = h.node.VHost(t)
+	}
 	if len(o.signing) == 0 {
 		o.signing = []string{fixPrefix}
 	}
@@ -174,6 +187,9 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 	cfg := &Config{AMQP: AMQP{URL: h.url, ReconnectMin: 100 * time.Millisecond, ReconnectMax: time.Second},
 		Queues: o.queues, DeadLetter: &DeadLetter{}, Keys: KeysConfig{Source: "dir", Dir: h.keyDir},
 		Executor: ExecutorConfig{Type: "noop"}, Concurrency: 4, ShutdownGrace: 2 * time.Second, Heartbeat: -1}
+	if o.cluster != nil {
+		cfg.AMQP.URL, cfg.AMQP.URLs, cfg.AMQP.QueueType = "", h.urls, QueueQuorum
+	}
 	if o.configure != nil {
 		o.configure(cfg)
 	}
@@ -283,8 +299,12 @@ func (h *harness) declareResponses() {
 	}
 	defer conn.Close()
 	ch, _ := conn.Channel()
+	var args amqp.Table
+	if h.cfg.AMQP.QueueType == QueueQuorum {
+		args = amqp.Table{"x-queue-type": QueueQuorum}
+	}
 	for _, q := range h.cfg.Queues {
-		if _, err := ch.QueueDeclare(envelope.ResponseQueue(q), true, false, false, false, nil); err != nil {
+		if _, err := ch.QueueDeclare(envelope.ResponseQueue(q), true, false, false, false, args); err != nil {
 			h.t.Fatal(err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -20,16 +21,18 @@ import (
 // supervise keeps a consuming session alive until ctx ends. amqp091-go has
 // no recovery of its own worth relying on, so every loss (connection,
 // channel, consumer cancelled by the broker) ends the session and a new one
-// is dialled after a jittered, growing delay, forever.
+// is dialled after a jittered, growing delay, forever. With several broker
+// URLs (a cluster's nodes) each new session dials the next one,
+// round-robin: the node that was lost is the last one tried again.
 func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup) {
 	fails := 0
 	everConnected := false
-	for {
+	for next := 0; ; next++ {
 		started := time.Now()
-		err := r.session(ctx, jobCtx, handlers, func() {
+		err := r.session(ctx, jobCtx, handlers, next, func(broker string) {
 			if everConnected {
 				r.m.reconnects.Inc()
-				r.log.Info("reconnected to the broker")
+				r.log.Info("reconnected to the broker", "broker", broker)
 			}
 			everConnected = true
 		})
@@ -52,11 +55,15 @@ func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup
 // session is one connection: it declares the topology, consumes every queue
 // and dispatches deliveries to handlers until the connection or a channel
 // closes (error) or ctx ends (nil, after consumers are cancelled).
-func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, consumingNow func()) error {
-	url, err := r.cfg.amqpURL()
+//
+// It dials the URL at index next (modulo the number of URLs).
+func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, next int, consumingNow func(broker string)) error {
+	urls, err := r.cfg.amqpURLs()
 	if err != nil {
 		return err
 	}
+	url := urls[next%len(urls)]
+	broker := brokerHost(url)
 	cfg := amqp.Config{Heartbeat: r.cfg.AMQP.Heartbeat, Properties: amqp.NewConnectionProperties(),
 		Dial: amqp.DefaultDial(10 * time.Second)}
 	cfg.Properties.SetClientConnectionName("sealrun-runner " + r.cfg.RunnerID)
@@ -68,7 +75,7 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 	conn, err := amqp.DialConfig(url, cfg)
 	if err != nil {
 		// amqp091 errors name the host, never the URL's password.
-		return fmt.Errorf("dial broker: %w", err)
+		return fmt.Errorf("dial broker %s: %w", broker, err)
 	}
 	defer conn.Close()
 	// Buffered: the library blocks on unbuffered notification channels.
@@ -185,9 +192,9 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 		return err
 	}
 	r.connected.Store(true)
-	consumingNow()
+	consumingNow(broker)
 	r.readyOnce.Do(func() { close(r.ready) })
-	r.log.Info("consuming", "queues", r.queues.all(), "prefetch", r.cfg.AMQP.Prefetch, "concurrency", r.cfg.Concurrency)
+	r.log.Info("consuming", "broker", broker, "queues", r.queues.all(), "prefetch", r.cfg.AMQP.Prefetch, "concurrency", r.cfg.Concurrency)
 
 	var end error
 	for end == nil && ctx.Err() == nil {
@@ -232,6 +239,16 @@ func (r *Runner) session(ctx, jobCtx context.Context, handlers *sync.WaitGroup, 
 	return end
 }
 
+// brokerHost names a broker URL in logs and errors: host:port, never the
+// user or password.
+func brokerHost(raw string) string {
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Host
+}
+
 // queueRetry is how often a session tries again the queues it could not
 // consume.
 var queueRetry = 30 * time.Second
@@ -262,43 +279,109 @@ func (r *Runner) declareExchanges(conn *amqp.Connection) error {
 // declareQueue creates a configured queue, its dead-letter queue and its
 // binding, on a throwaway channel (a refusal closes the channel it happens
 // on). A queue that exists with other arguments (a StudioML client declared
-// it first: non-durable, no dead-lettering) is left as it is, bound, and
-// consumed as it is, with a warning naming the argument; nil means q may
-// be consumed.
+// it first: non-durable, no dead-lettering, classic) is left as it is,
+// bound, and consumed as it is, with a warning naming the argument; nil
+// means q may be consumed.
 func (r *Runner) declareQueue(conn *amqp.Connection, q string) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
 	defer func() { _ = ch.Close() }()
-	var args amqp.Table
+	args := r.queueArgs()
 	if dl := r.cfg.DeadLetter; dl != nil {
-		args = amqp.Table{"x-dead-letter-exchange": dl.Exchange, "x-dead-letter-routing-key": q}
+		args["x-dead-letter-exchange"], args["x-dead-letter-routing-key"] = dl.Exchange, q
+		if r.cfg.AMQP.QueueType == QueueQuorum {
+			// At-least-once: a dead-lettered message leaves q only once the
+			// dead-letter queue has it, so a poison message is kept for an
+			// operator's look even when the dead-letter queue's leader is
+			// on a node that just died (at-most-once would drop it then).
+			// The price: a copy may reach the dead-letter queue twice if
+			// q's leader dies between the two steps. RabbitMQ requires
+			// reject-publish overflow for it (which only matters with a
+			// max-length policy: a full queue refuses new messages instead
+			// of dropping its oldest).
+			args["x-dead-letter-strategy"], args["x-overflow"] = "at-least-once", "reject-publish"
+		}
 		dq := q + dl.QueueSuffix
-		if _, err := ch.QueueDeclare(dq, true, false, false, false, nil); err != nil {
+		if ch, err = r.declareOrAccept(conn, ch, dq, r.queueArgs()); err != nil {
 			return fmt.Errorf("declare dead-letter queue %s: %w", dq, err)
 		}
 		if err := ch.QueueBind(dq, q, dl.Exchange, false, nil); err != nil {
 			return fmt.Errorf("bind dead-letter queue %s: %w", dq, err)
 		}
 	}
-	if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
-		var ae *amqp.Error
-		if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
-			return fmt.Errorf("declare queue %s: %w", q, err)
-		}
-		r.log.Warn("queue exists with other arguments than the runner declares; consuming it as it is",
-			"queue", q, "argument", mismatchedArg(ae.Reason), "broker_says", ae.Reason,
-			"fix", mismatchFix(mismatchedArg(ae.Reason)))
-		// The refusal closed ch: bind on a fresh one.
-		if ch, err = conn.Channel(); err != nil {
-			return fmt.Errorf("open channel: %w", err)
-		}
+	if r.cfg.AMQP.QueueType == QueueQuorum {
+		args["x-delivery-limit"] = int64(r.cfg.DeliveryLimit())
+	}
+	if ch, err = r.declareOrAccept(conn, ch, q, args); err != nil {
+		return fmt.Errorf("declare queue %s: %w", q, err)
 	}
 	if err := ch.QueueBind(q, "StudioML."+q, r.cfg.AMQP.Exchange, false, nil); err != nil {
 		return fmt.Errorf("bind queue %s to %s: %w", q, r.cfg.AMQP.Exchange, err)
 	}
 	return nil
+}
+
+// queueArgs are the arguments every queue the runner declares gets: its
+// type, for quorum. Classic queues are declared without one, exactly as
+// before queue_type existed, so existing queues stay equivalent.
+func (r *Runner) queueArgs() amqp.Table {
+	if r.cfg.AMQP.QueueType == QueueQuorum {
+		return amqp.Table{"x-queue-type": QueueQuorum}
+	}
+	return amqp.Table{}
+}
+
+// declareOrAccept declares q (durable) with args on ch. If q exists with
+// other arguments (406), it warns naming the argument and accepts q as it
+// is. It returns the channel to go on with: the broker closes a channel
+// that refused, so it is then a fresh one.
+func (r *Runner) declareOrAccept(conn *amqp.Connection, ch *amqp.Channel, q string, args amqp.Table) (*amqp.Channel, error) {
+	_, err := ch.QueueDeclare(q, true, false, false, false, args)
+	if err == nil {
+		return ch, nil
+	}
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+		return ch, err
+	}
+	reason := ae.Reason
+	if args["x-queue-type"] == QueueQuorum && mismatchedArg(reason) != "x-queue-type" {
+		// The broker names the first argument that differs, often the
+		// dead-letter exchange; on a classic queue its type is the point.
+		if why, classic := r.classicAlready(conn, q); classic {
+			reason = why
+		}
+	}
+	arg := mismatchedArg(reason)
+	r.log.Warn("queue exists with other arguments than the runner declares; consuming it as it is",
+		"queue", q, "argument", arg, "broker_says", reason, "fix", mismatchFix(arg))
+	return conn.Channel()
+}
+
+// classicAlready reports whether existing queue q is not a quorum queue,
+// and the broker's words for it, by declaring it with the type alone on a
+// throwaway channel. A non-durable queue is classic: quorum queues are
+// always durable.
+func (r *Runner) classicAlready(conn *amqp.Connection, q string) (string, bool) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return "", false
+	}
+	defer func() { _ = ch.Close() }()
+	_, err = ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": QueueQuorum})
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+		return "", false
+	}
+	switch mismatchedArg(ae.Reason) {
+	case "x-queue-type":
+		return ae.Reason, true
+	case "durable":
+		return "inequivalent arg 'x-queue-type' for queue '" + q + "': the queue is not durable, so not a quorum queue (" + ae.Reason + ")", true
+	}
+	return "", false
 }
 
 // inequivalentArg finds the argument RabbitMQ names in a 406 reply:
@@ -317,6 +400,10 @@ func mismatchFix(arg string) string {
 	switch {
 	case arg == "durable":
 		return "the queue is not durable, so it and its messages do not survive a broker restart; to have it durable, delete it when empty and let the runner declare it, or declare it durable in the client"
+	case arg == "x-queue-type":
+		return "the queue exists with another type than amqp.queue_type: a classic queue lives on one node and is unavailable while that node is down; to change its type, stop publishing, drain and delete it and let the runner declare it, or set amqp.queue_type to match"
+	case arg == "x-delivery-limit":
+		return "the queue was declared with another delivery limit (executor.timeout or amqp.consumer_timeout changed?): a long job handed back more often than the queue's limit is dead-lettered; set a delivery-limit policy, or drain and delete the queue and let the runner declare it"
 	case strings.HasPrefix(arg, "x-dead-letter"):
 		return "rejected messages of this queue are dropped, not dead-lettered; delete the queue when empty and let the runner declare it, declare it with the runner's dead-letter arguments, or set dead_letter to match"
 	}
