@@ -424,7 +424,11 @@ const deliveryMargin = 100
 func (c *Config) DeliveryLimit() int {
 	perPhase := 0
 	if half := c.AMQP.ConsumerTimeout / 2; half > 0 {
-		life := c.Executor.Timeout + DefaultClaimLease + finishTimeout
+		lease := c.ClaimLease
+		if lease <= 0 { // a Config built without DecodeConfig
+			lease = DefaultClaimLease
+		}
+		life := c.Executor.Timeout + lease + finishTimeout
 		perPhase = int((life + half - 1) / half)
 	}
 	return 2*perPhase + deliveryMargin

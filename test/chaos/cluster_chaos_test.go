@@ -97,7 +97,7 @@ func TestClusterChaos(t *testing.T) {
 			if err := c.rabbit.Restart(ctx, k); err != nil {
 				t.Fatal(err)
 			}
-			return fmt.Sprintf("%s killed (%v); restarted and rejoined after %v (%s was connected to it)", c.rabbit.NodeName(k),
+			return fmt.Sprintf("%s killed (%v); restarted and rejoined after %v (%s had connected to it first)", c.rabbit.NodeName(k),
 				killed.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), strings.Join(c.runnersOnNode(k), ", "))
 		}},
 		{"SIGKILL the active Vault node", func() string {

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/sealrun/sealrun/internal/testenv"
 	"github.com/sealrun/sealrun/proxy/client"
 	"github.com/sealrun/sealrun/secrets"
@@ -57,7 +59,9 @@ type clusterSys struct {
 	// 0's, is the test's own clients' (the faults kill another node).
 	amqpURLs []string
 	amqpURL  string
-	vhost    string
+	// runnerNode is the node each runner connects to first.
+	runnerNode []int
+	vhost      string
 
 	keys                                      *keySet
 	proxyCfgs, proxySocks, proxyLogs          []string
@@ -161,7 +165,8 @@ storage:
 	say("proxies: %d up over the etcd cluster%s", o.proxies, map[bool]string{true: " and Vault", false: ""}[o.vault])
 	c.keys = newKeySet(t)
 	c.keys.store(t, c.bin, c.proxySocks[0], adminKeyFile)
-	declareResponseQueues(t, c.amqpURL, nil)
+	// Replicated like the request queues the runners declare.
+	declareResponseQueues(t, c.amqpURL, amqp.Table{"x-queue-type": "quorum"})
 
 	c.stateYAML = fmt.Sprintf(`state: {backend: etcd, etcd: {endpoints: %s, prefix: /runner/, dial_timeout: 2s, timeout: 10s}}
 secrets: {backend: none}
@@ -170,7 +175,14 @@ secrets: {backend: none}
 		id := fmt.Sprintf("host%d-runner", i)
 		script := fmt.Sprintf(`echo start {{.ID}} %[1]s $(date +%%s%%N) >>%[2]s; cat >/dev/null; %[3]s
 echo end {{.ID}} %[1]s $(date +%%s%%N) >>%[2]s; echo ok`, id, c.events, o.job)
-		spec := runnerSpec{id: id, amqp: fmt.Sprintf("url: %q", c.amqpURLs[i%len(c.amqpURLs)]), sock: c.proxySocks[i%o.proxies],
+		// Every node, starting from a different one per runner: a runner
+		// fails over round-robin when its node goes.
+		var urls []string
+		for k := range c.amqpURLs {
+			urls = append(urls, strconv.Quote(c.amqpURLs[(i+k)%len(c.amqpURLs)]))
+		}
+		c.runnerNode = append(c.runnerNode, i%len(c.amqpURLs))
+		spec := runnerSpec{id: id, amqp: fmt.Sprintf("urls: [%s], queue_type: quorum", strings.Join(urls, ", ")), sock: c.proxySocks[i%o.proxies],
 			keyFile: c.runnerKeyFile, httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), stateYAML: c.stateYAML,
 			command: []string{"/bin/sh", "-c", script}, concurrency: o.concurrency,
 			extra: fmt.Sprintf("claim_lease: %s", o.lease)}
@@ -482,11 +494,11 @@ func (c *clusterSys) printJobs(msgs []msg, got map[string]int) {
 	fmt.Println()
 }
 
-// runnersOnNode names the runners connected to RabbitMQ node i.
+// runnersOnNode names the runners whose first URL is RabbitMQ node i's.
 func (c *clusterSys) runnersOnNode(i int) []string {
 	var ids []string
-	for _, s := range c.specs {
-		if strings.Contains(s.amqp, c.amqpURLs[i]) {
+	for k, s := range c.specs {
+		if c.runnerNode[k] == i {
 			ids = append(ids, s.id)
 		}
 	}
