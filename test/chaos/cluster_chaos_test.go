@@ -161,6 +161,7 @@ func TestClusterChaos(t *testing.T) {
 		name, what string
 		at         time.Duration
 		answered   int
+		during     int // answered while the fault's step ran
 		took       time.Duration
 	}
 	var steps []step
@@ -172,8 +173,9 @@ func TestClusterChaos(t *testing.T) {
 		at, ans := ft.Sub(t0), col.answered()
 		say("fault %d: %s (%d of %d answered so far)", k+1, f.name, ans, good)
 		what := f.do()
-		steps = append(steps, step{f.name, what, at, ans, time.Since(ft)})
-		say("  %s", what)
+		during := col.answered() - ans
+		steps = append(steps, step{f.name, what, at, ans, during, time.Since(ft)})
+		say("  %s; %d answered meanwhile", what, during)
 	}
 	publishChunk(len(faults))
 	waitFor(t, 10*time.Minute, "every response", func() bool { return col.answered() >= good })
@@ -237,7 +239,8 @@ func TestClusterChaos(t *testing.T) {
 	}
 	say("audit logs: each proxy's verifies")
 	for _, s := range steps {
-		t.Logf("%6.1fs %5d answered  %-32s took %-8v %s", s.at.Seconds(), s.answered, s.name, s.took.Round(time.Millisecond), s.what)
+		t.Logf("%6.1fs %5d answered  %-32s took %-8v %4d answered meanwhile  %s", s.at.Seconds(), s.answered, s.name,
+			s.took.Round(time.Millisecond), s.during, s.what)
 	}
 	if demo {
 		c.printJobs(msgs, got)
