@@ -111,6 +111,7 @@ func FuzzDecodeConfig(f *testing.F) {
 		f.Add(string(b))
 	}
 	f.Add(minimalConfig + "dead_letter: {}\nclear_text: [rmq_]\n")
+	f.Add(minimalConfig + "claim_lease: 10s\n")
 	f.Add(minimalConfig + "storage: {state: {backend: memory}, secrets: {backend: overlay, overlay: {store: memory, master_key: k}}}\n")
 	f.Add("amqp: [1, 2]\n")
 	f.Add("queues: {a: b}\n")
