@@ -114,8 +114,10 @@ func startCluster(t *testing.T, o clusterOpts, say func(string, ...any)) *cluste
 	c.vhost = c.amqpURL[strings.LastIndex(c.amqpURL, "/")+1:]
 	say("RabbitMQ: %d-node cluster up (%v)", len(c.amqpURLs), time.Since(t0).Round(time.Millisecond))
 
-	secretsYAML := fmt.Sprintf("{backend: overlay, overlay: {store: etcd, master_key: %s, autogen: true}}", filepath.Join(dir, "master.key"))
-	var vaultAddrs []string
+	// Proxy i's secrets section.
+	secretsYAML := func(int) string {
+		return fmt.Sprintf("{backend: overlay, overlay: {store: etcd, master_key: %s, autogen: true}}", filepath.Join(dir, "master.key"))
+	}
 	if o.vault {
 		t0 = time.Now()
 		c.vault = testenv.VaultRaftCluster(t, 3)
@@ -127,16 +129,13 @@ func startCluster(t *testing.T, o clusterOpts, say func(string, ...any)) *cluste
 		tok := c.write("vault.token", c.vault.RootToken)
 		// Each proxy talks to a standby, which forwards to the active node:
 		// killing the active node leaves every proxy's node up.
-		for i := range o.proxies {
-			vaultAddrs = append(vaultAddrs, c.vault.Addrs[(active+1+i%2)%3])
+		secretsYAML = func(i int) string {
+			return fmt.Sprintf("{backend: vault, vault: {address: %s, mount: secret, prefix: sealrun-cluster, token_file: %s}}",
+				c.vault.Addrs[(active+1+i%2)%3], tok)
 		}
-		secretsYAML = fmt.Sprintf("{backend: vault, vault: {address: %%s, mount: secret, prefix: sealrun-cluster, token_file: %s}}", tok)
 	}
 	for i := range o.proxies {
-		sy := secretsYAML
-		if o.vault {
-			sy = fmt.Sprintf(secretsYAML, vaultAddrs[i])
-		}
+		sy := secretsYAML(i)
 		sock := filepath.Join(dir, fmt.Sprintf("proxy-%d.sock", i))
 		c.proxySocks = append(c.proxySocks, sock)
 		c.proxyLogs = append(c.proxyLogs, filepath.Join(dir, fmt.Sprintf("proxy-%d.log", i)))
