@@ -505,3 +505,13 @@ func (c *clusterSys) runnersOnNode(i int) []string {
 	}
 	return ids
 }
+
+// firstOnBefore says whether job's first run started on runner before t.
+func (c *clusterSys) firstOnBefore(job, runner string, t time.Time) bool {
+	for _, e := range c.jobEvents() {
+		if e.kind == "start" && e.job == job {
+			return e.runner == runner && e.at.Before(t)
+		}
+	}
+	return false
+}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -218,6 +219,9 @@ type collector struct {
 	done chan struct{}
 	stop func()
 	dups func() (fresh, redelivered int)
+	// differ lists the message ids of responses with a copy unlike the
+	// first (another seal of the same outcome, see checkDiffering).
+	differ []string
 }
 
 func collect(t *testing.T, url string, key *envelope.MessagePrivateKey, msgs []msg) *collector {
@@ -226,7 +230,11 @@ func collect(t *testing.T, url string, key *envelope.MessagePrivateKey, msgs []m
 		jobOf[m.id] = m.job
 	}
 	c := &collector{got: map[string]int{}, at: map[string]time.Time{}, ch: make(chan response, 256), done: make(chan struct{})}
-	c.stop, c.dups = drainResponses(t, url, key, c.ch)
+	c.stop, c.dups = drainResponses(t, url, key, c.ch, func(id string) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.differ = append(c.differ, id)
+	})
 	go func() {
 		defer close(c.done)
 		for r := range c.ch {
@@ -244,6 +252,12 @@ func collect(t *testing.T, url string, key *envelope.MessagePrivateKey, msgs []m
 		}
 	}()
 	return c
+}
+
+func (c *collector) differing() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.differ)
 }
 
 func (c *collector) answered() int {
