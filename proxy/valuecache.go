@@ -190,12 +190,12 @@ func (s *Server) watchKind(ctx context.Context, kind string) {
 // before may predate a change, so the cache flushes), invalidate for every
 // change, live(false) while it is down (the cache is not used).
 func followWatch(ctx context.Context, store Store, kind string, log *slog.Logger, live func(bool), invalidate func(key string)) {
-	backoff := 100 * time.Millisecond
+	b := wait.Backoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		ch, err := store.Watch(ctx, kind, "")
 		if err == nil {
 			live(true)
-			backoff = 100 * time.Millisecond
+			b.Reset()
 			for ev := range ch {
 				if ev.Err != nil {
 					log.Warn("cache watch failed; cache off until it is re-established", "err", ev.Err)
@@ -203,11 +203,12 @@ func followWatch(ctx context.Context, store Store, kind string, log *slog.Logger
 				}
 				invalidate(ev.Key)
 			}
-		} else if ctx.Err() == nil {
-			log.Warn("cache watch could not start; retrying", "err", err, "retry_in", backoff)
+		}
+		d := b.NextBackOff()
+		if err != nil && ctx.Err() == nil {
+			log.Warn("cache watch could not start; retrying", "err", err, "retry_in", d)
 		}
 		live(false)
-		wait.Sleep(ctx, backoff)
-		backoff = min(backoff*2, 5*time.Second)
+		wait.Sleep(ctx, d)
 	}
 }

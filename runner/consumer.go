@@ -9,9 +9,11 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/internal/wait"
 	"github.com/sealrun/sealrun/secrets"
 )
 
@@ -195,21 +197,38 @@ func (r *Runner) acquire(ctx context.Context, log *slog.Logger, queue, id string
 // or shutdown ends the job (ctx) and finishTimeout has passed: giving up
 // early would leave a run that happened looking unfinished.
 func (r *Runner) durably(ctx context.Context, log *slog.Logger, what string, write func(context.Context) error) error {
-	start := time.Now()
-	for attempt := 1; ; attempt++ {
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
-		err := write(wctx)
-		cancel()
-		if err == nil || errors.Is(err, errClaimLost) {
-			return err
-		}
-		if ctx.Err() != nil && time.Since(start) > finishTimeout {
-			return err
-		}
-		d := backoff(attempt, 200*time.Millisecond, 5*time.Second)
+	gctx, cancel := afterShutdown(ctx, time.Now())
+	defer cancel()
+	return wait.Retry(gctx, bookkeepingBackoff(), 0, func(err error, d time.Duration) {
 		log.Warn("could not "+what+"; retrying", "error", err, "retry_in", d)
-		time.Sleep(d)
-	}
+	}, func() error {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+		defer cancel()
+		err := write(wctx)
+		if errors.Is(err, errClaimLost) {
+			return backoff.Permanent(err)
+		}
+		return err
+	})
+}
+
+// bookkeepingBackoff paces the retries of a finished job's record and
+// response writes.
+func bookkeepingBackoff() *backoff.ExponentialBackOff {
+	return wait.Backoff(200*time.Millisecond, 5*time.Second)
+}
+
+// afterShutdown is the context a finished job's bookkeeping retries under:
+// it ends only once shutdown has ended ctx and finishTimeout has passed
+// since start, since giving up early would leave a run that happened
+// looking unfinished.
+func afterShutdown(ctx context.Context, start time.Time) (context.Context, context.CancelFunc) {
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(time.Until(start.Add(finishTimeout)), cancel)
+		context.AfterFunc(gctx, func() { t.Stop() })
+	})
+	return gctx, func() { stop(); cancel() }
 }
 
 // lost is the outcome of a delivery whose outcome could not be recorded:

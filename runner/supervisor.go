@@ -23,6 +23,7 @@ import (
 // is dialled after a jittered, growing delay, forever.
 func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup) {
 	fails := 0
+	b := wait.Backoff(r.cfg.AMQP.ReconnectMin, r.cfg.AMQP.ReconnectMax)
 	everConnected := false
 	for {
 		started := time.Now()
@@ -39,9 +40,10 @@ func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup
 		}
 		if time.Since(started) > time.Minute {
 			fails = 0 // a long session: the broker was fine, start over
+			b.Reset()
 		}
 		fails++
-		d := backoff(fails, r.cfg.AMQP.ReconnectMin, r.cfg.AMQP.ReconnectMax)
+		d := b.NextBackOff()
 		r.log.Warn("broker session ended; reconnecting", "error", err, "attempt", fails, "retry_in", d)
 		if !wait.Sleep(ctx, d) {
 			return

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -24,8 +23,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sealrun/sealrun/internal/wait"
 	"github.com/sealrun/sealrun/proxy/wire"
 	"github.com/sealrun/sealrun/secrets"
 )
@@ -178,24 +179,20 @@ func escapeName(name string) string {
 // do sends one request with retries; body may be nil. The response body is
 // returned read, except for streams (stream=true).
 func (c *Client) do(ctx context.Context, method, path string, body []byte, hdr map[string]string) ([]byte, error) {
-	var last error
-	for attempt := range c.cfg.Retries {
-		if attempt > 0 {
-			// Full jitter, 50ms doubling, capped at 2s.
-			d := time.Duration(rand.Int64N(int64(min(50*time.Millisecond<<attempt, 2*time.Second))))
-			select {
-			case <-ctx.Done():
-				return nil, errors.Join(ctx.Err(), last)
-			case <-time.After(d):
-			}
+	var out []byte
+	err := wait.Retry(ctx, wait.Backoff(100*time.Millisecond, 2*time.Second), uint(max(c.cfg.Retries, 1)), nil, func() error {
+		var retry bool
+		var err error
+		out, retry, err = c.once(ctx, method, path, body, hdr)
+		if err != nil && !retry {
+			return backoff.Permanent(err)
 		}
-		out, retry, err := c.once(ctx, method, path, body, hdr)
-		if err == nil || !retry {
-			return out, err
-		}
-		last = err
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, last
+	return out, nil
 }
 
 func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr map[string]string) ([]byte, bool, error) {
@@ -493,7 +490,7 @@ func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), conta
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			backoff := 100 * time.Millisecond
+			b := wait.Backoff(100*time.Millisecond, 5*time.Second)
 			told := false // onChange knows the watch is down
 			for ctx.Err() == nil {
 				c.InvalidateAll()
@@ -504,7 +501,7 @@ func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), conta
 						onChange(Event{})
 					}
 					told = false
-					backoff = 100 * time.Millisecond
+					b.Reset()
 					for ev := range events {
 						c.Invalidate(ev.Name())
 						if onChange != nil {
@@ -518,11 +515,7 @@ func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), conta
 					onChange(Event{})
 					told = true
 				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Duration(rand.Int64N(int64(backoff))) + backoff/2):
-				}
-				backoff = min(backoff*2, 5*time.Second)
+				wait.Next(ctx, b)
 			}
 		}()
 	}
