@@ -81,26 +81,10 @@ func TestSettleMapsEachOutcome(t *testing.T) {
 			if !slices.Equal(ack.calls, calls) {
 				t.Errorf("broker calls %v, want %v", ack.calls, calls)
 			}
-			got := map[string]float64{}
-			mfs, err := r.m.reg.Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, mf := range mfs {
-				if mf.GetName() != "sealrun_runner_messages_total" {
-					continue
-				}
-				for _, m := range mf.GetMetric() {
-					l := map[string]string{}
-					for _, lp := range m.GetLabel() {
-						l[lp.GetName()] = lp.GetValue()
-					}
-					got[l["outcome"]+"/"+l["suite"]+"/"+l["reason"]] += m.GetCounter().GetValue()
-				}
-			}
-			want := map[string]float64{}
+			got := messageSeries(t, r)
+			want := map[messageLabels]float64{}
 			if tc.label != "" {
-				want[tc.label+"/hpke/"+tc.reason] = 1
+				want[messageLabels{tc.label, "hpke", tc.reason}] = 1
 			}
 			if !maps.Equal(got, want) {
 				t.Errorf("messages_total %v, want %v", got, want)
