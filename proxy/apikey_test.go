@@ -44,14 +44,8 @@ func TestAPIKeyHasher(t *testing.T) {
 func TestUnknownIDsBounded(t *testing.T) {
 	f := startProxy(t, overlayStore(t), nil)
 	creds := f.srv.o.Credentials
-	creds.mu.Lock()
-	creds.maxUnknown = 5
-	creds.mu.Unlock()
-	eventually(t, "revocation watch established", func() bool {
-		creds.mu.Lock()
-		defer creds.mu.Unlock()
-		return creds.live
-	})
+	creds.maxUnknown = 5 // before the requests below, which read it
+	eventually(t, "revocation watch established", func() bool { return creds.cache.Live("") })
 	for i := range 20 {
 		if _, err := creds.Authenticate(context.Background(), fmt.Sprintf("made-up-%d", i), "sr1.guess"); !errors.Is(err, errUnauthenticated) {
 			t.Fatalf("unknown id %d: %v", i, err)
@@ -65,10 +59,8 @@ func TestUnknownIDsBounded(t *testing.T) {
 		if _, err := creds.Authenticate(context.Background(), "admin", f.adminKey); err != nil {
 			t.Fatal(err)
 		}
-		creds.mu.Lock()
-		defer creds.mu.Unlock()
-		n = len(creds.cache)
-		_, adminCached = creds.cache["admin"]
+		n, _ = creds.cache.Size()
+		_, _, adminCached = creds.cache.Get("admin")
 		return adminCached
 	})
 	if n > 6 || !adminCached {

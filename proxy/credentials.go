@@ -8,10 +8,10 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/sealrun/sealrun/internal/watchcache"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -36,30 +36,23 @@ type Credentials struct {
 
 	keys atomic.Pointer[apiKeyHasher] // nil until the pepper is loaded
 
-	mu    sync.Mutex
-	cache map[string]cachedCred
-	live  bool   // a revocation watch is established
-	gen   uint64 // bumped on every invalidation; a fetch that raced one is not cached
-	ttl   time.Duration
-	now   func() time.Time
+	// cache maps an id to its stored credential (nil: known not to exist).
+	cache *watchcache.Cache[string, *secrets.APICredential]
 	// maxUnknown bounds the entries for ids that do not exist: those are
 	// the client's choice. Past it they are not remembered (the failure
-	// limiter slows whoever sends them).
+	// limiter slows whoever sends them). Set before use.
 	maxUnknown int
 	log        *slog.Logger // the Server's, once one uses these credentials
-}
-
-type cachedCred struct {
-	cred    *secrets.APICredential // nil: known not to exist
-	fetched time.Time
 }
 
 // NewCredentials returns a credential manager over store.
 func NewCredentials(store Store) *Credentials {
 	// The TTL only bounds how long an entry lives if the watch silently
 	// stalls; revocations normally arrive through the watch at once.
-	return &Credentials{store: store, cache: map[string]cachedCred{}, ttl: 30 * time.Second, now: time.Now, maxUnknown: 10000,
-		log: slog.New(slog.DiscardHandler)}
+	c := &Credentials{store: store, maxUnknown: 10000, log: slog.New(slog.DiscardHandler)}
+	c.cache = watchcache.New(watchcache.Options[string, *secrets.APICredential]{TTL: 30 * time.Second,
+		Admit: func(cred *secrets.APICredential, n int) bool { return cred != nil || n < c.maxUnknown }})
+	return c
 }
 
 // loadPepper reads, or on first use creates, the HMAC key. Concurrent
@@ -154,21 +147,10 @@ func (c *Credentials) Revoke(ctx context.Context, id string) error {
 	return err
 }
 
-func (c *Credentials) invalidate(id string) {
-	c.mu.Lock()
-	delete(c.cache, id)
-	c.gen++
-	c.mu.Unlock()
-}
+func (c *Credentials) invalidate(id string) { c.cache.Invalidate(id) }
 
 // setLive flushes the cache and records whether a watch now covers it.
-func (c *Credentials) setLive(live bool) {
-	c.mu.Lock()
-	c.cache = map[string]cachedCred{}
-	c.gen++
-	c.live = live
-	c.mu.Unlock()
-}
+func (c *Credentials) setLive(live bool) { c.cache.SetLive("", live) }
 
 // errUnauthenticated is one answer (403) whatever the cause, so a caller cannot probe
 // which ids exist.
@@ -184,38 +166,30 @@ func (c *Credentials) Authenticate(ctx context.Context, id, key string) (*secret
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	e, ok := c.cache[id]
-	ok = ok && c.live && c.now().Sub(e.fetched) <= c.ttl
-	gen := c.gen
-	c.mu.Unlock()
+	cred, gen, ok := c.cache.Get(id)
 	if !ok {
 		m := &secrets.APICredential{ID: id}
 		_, err := c.store.Get(ctx, m)
 		switch storage.Code(err) {
 		case driver.OK:
-			e = cachedCred{cred: m, fetched: c.now()}
+			cred = m
 		case driver.NotFound:
-			e = cachedCred{fetched: c.now()}
+			cred = nil
 		default:
 			return nil, err
 		}
-		c.mu.Lock()
 		// Only a fetch that no invalidation raced, under an established
-		// watch, may be cached: otherwise a revocation could be undone.
-		if c.live && c.gen == gen && (e.cred != nil || len(c.cache) < c.maxUnknown) {
-			c.cache[id] = e
-		}
-		c.mu.Unlock()
+		// watch, is cached: otherwise a revocation could be undone.
+		c.cache.Fill(id, cred, gen)
 	}
-	if e.cred == nil {
+	if cred == nil {
 		keys.check(id, key, nil) // same work either way
 		return nil, errUnauthenticated
 	}
-	if !keys.check(id, key, e.cred.KeyHash) {
+	if !keys.check(id, key, cred.KeyHash) {
 		return nil, errUnauthenticated
 	}
-	return e.cred, nil
+	return cred, nil
 }
 
 // WatchRevocations invalidates cached credentials as they change, until ctx

@@ -278,14 +278,12 @@ var backends = map[string]func(testing.TB) *storage.Service{"overlay-etcd": over
 func waitValueCache(b testing.TB, f *fixture) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		f.srv.values.mu.RLock()
 		n := 0
-		for _, live := range f.srv.values.live {
-			if live {
+		for _, kind := range valueKinds() {
+			if f.srv.values.c.Live(kind) {
 				n++
 			}
 		}
-		f.srv.values.mu.RUnlock()
 		if n == len(valueKinds()) {
 			return
 		}

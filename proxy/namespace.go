@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/sealrun/sealrun/internal/watchcache"
 	"github.com/sealrun/sealrun/secrets"
 	"github.com/sealrun/sealrun/storage"
 	"github.com/sealrun/sealrun/storage/driver"
@@ -69,7 +70,7 @@ func (s *Server) get(ctx context.Context, name string) (value, error) {
 		}
 		kind, key = t.kind, t.key
 	}
-	var gen uint64
+	var gen watchcache.Gen
 	if s.values != nil {
 		v, g, ok := s.values.get(kind, key)
 		if ok {

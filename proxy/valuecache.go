@@ -7,8 +7,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sealrun/sealrun/internal/wait"
+	"github.com/sealrun/sealrun/internal/watchcache"
 	"github.com/sealrun/sealrun/secrets"
+	"github.com/sealrun/sealrun/storage/driver"
 )
 
 // valueCache holds values as the API returns them (decrypted), so an
@@ -23,23 +24,10 @@ import (
 // Values in it are secrets: nothing here logs, counts or labels them, or
 // their names.
 type valueCache struct {
-	max      int   // entries
-	maxBytes int64 // of values and names
-
-	mu      sync.RWMutex
-	entries map[cacheKey]cached
-	bytes   int64           // size of every entry
-	live    map[string]bool // kinds whose watch is established
-	gen     uint64          // bumped on every invalidation; a fill that raced one is dropped
+	c *watchcache.Cache[cacheKey, value]
 }
 
 type cacheKey struct{ kind, key string }
-
-// cached is a value and when it was read from the backend.
-type cached struct {
-	v  value
-	at time.Time
-}
 
 // maxAge bounds how long an entry is served without a backend read. The
 // watch keeps entries exact while it delivers; the bound covers a watch
@@ -57,9 +45,33 @@ func valueKinds() []string {
 	return kinds
 }
 
+// newValueCache is bounded by entries and bytes; each kind is served while
+// its own watch is established.
 func newValueCache(max int, maxBytes int64) *valueCache {
-	return &valueCache{max: max, maxBytes: maxBytes, entries: map[cacheKey]cached{}, live: map[string]bool{}}
+	return &valueCache{watchcache.New(watchcache.Options[cacheKey, value]{TTL: maxAge, MaxEntries: max, MaxBytes: maxBytes,
+		Size: entrySize, Partition: func(k cacheKey) string { return k.kind }})}
 }
+
+// get returns the cached value, or the generation a fill must quote.
+func (c *valueCache) get(kind, key string) (value, watchcache.Gen, bool) {
+	return c.c.Get(cacheKey{kind, key})
+}
+
+// fill caches v read from the backend, unless the kind's watch is down or
+// an invalidation happened since get returned gen (the read may predate
+// the change that caused it).
+func (c *valueCache) fill(kind, key string, v value, gen watchcache.Gen) {
+	c.c.Fill(cacheKey{kind, key}, v, gen)
+}
+
+// invalidate drops one entry: a write through this proxy or a watch event.
+func (c *valueCache) invalidate(kind, key string) { c.c.Invalidate(cacheKey{kind, key}) }
+
+// setLive flushes kind and records whether its watch is established.
+func (c *valueCache) setLive(kind string, live bool) { c.c.SetLive(kind, live) }
+
+// size returns the number of entries and their bytes.
+func (c *valueCache) size() (int, int64) { return c.c.Size() }
 
 // entryOverhead approximates an entry's map slot, key and header bytes,
 // so that many tiny values are bounded by bytes too.
@@ -69,70 +81,6 @@ func entrySize(k cacheKey, v value) int64 {
 	return int64(len(k.kind) + len(k.key) + len(v) + entryOverhead)
 }
 
-// get returns the cached value, or the generation a fill must quote.
-func (c *valueCache) get(kind, key string) (value, uint64, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if !c.live[kind] {
-		return nil, c.gen, false
-	}
-	e, ok := c.entries[cacheKey{kind, key}]
-	if !ok || time.Since(e.at) > maxAge {
-		return nil, c.gen, false
-	}
-	return e.v, c.gen, true
-}
-
-// fill caches v read from the backend, unless the kind's watch is down or
-// an invalidation happened since get returned gen (the read may predate
-// the change that caused it).
-func (c *valueCache) fill(kind, key string, v value, gen uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.live[kind] || c.gen != gen {
-		return
-	}
-	k := cacheKey{kind, key}
-	size := entrySize(k, v)
-	if size > c.maxBytes/8 {
-		return // one value must not flush an eighth of the cache
-	}
-	c.deleteLocked(k)
-	// Bounded: evict arbitrary entries (Go's map order is random), which
-	// needs no bookkeeping on the read path, unlike LRU.
-	for old := range c.entries {
-		if len(c.entries) < c.max && c.bytes+size <= c.maxBytes {
-			break
-		}
-		c.deleteLocked(old)
-	}
-	c.entries[k] = cached{v: v, at: time.Now()}
-	c.bytes += size
-}
-
-func (c *valueCache) deleteLocked(k cacheKey) {
-	if e, ok := c.entries[k]; ok {
-		c.bytes -= entrySize(k, e.v)
-		delete(c.entries, k)
-	}
-}
-
-// invalidate drops one entry: a write through this proxy or a watch event.
-func (c *valueCache) invalidate(kind, key string) {
-	c.mu.Lock()
-	c.deleteLocked(cacheKey{kind, key})
-	c.gen++
-	c.mu.Unlock()
-}
-
-// setLive flushes kind and records whether its watch is established.
-func (c *valueCache) setLive(kind string, live bool) {
-	c.mu.Lock()
-	c.flushLocked(kind, "")
-	c.live[kind] = live
-	c.mu.Unlock()
-}
-
 // flushPrefix drops the entries of kind whose keys start with prefix ("":
 // all). A client's watch stream on prefix starting now may be ahead of the
 // cache's own watch; without the flush, a value below it changed just
@@ -140,25 +88,7 @@ func (c *valueCache) setLive(kind string, live bool) {
 // followed by an event. Values outside the stream's prefix are not its
 // concern, and stay.
 func (c *valueCache) flushPrefix(kind, prefix string) {
-	c.mu.Lock()
-	c.flushLocked(kind, prefix)
-	c.mu.Unlock()
-}
-
-func (c *valueCache) flushLocked(kind, prefix string) {
-	for k := range c.entries {
-		if k.kind == kind && strings.HasPrefix(k.key, prefix) {
-			c.deleteLocked(k)
-		}
-	}
-	c.gen++
-}
-
-// size returns the number of entries and their bytes.
-func (c *valueCache) size() (int, int64) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.entries), c.bytes
+	c.c.Flush(func(k cacheKey) bool { return k.kind == kind && strings.HasPrefix(k.key, prefix) })
 }
 
 // WatchValues keeps the server's value cache correct until ctx ends: one
@@ -190,24 +120,20 @@ func (s *Server) watchKind(ctx context.Context, kind string) {
 // before may predate a change, so the cache flushes), invalidate for every
 // change, live(false) while it is down (the cache is not used).
 func followWatch(ctx context.Context, store Store, kind string, log *slog.Logger, live func(bool), invalidate func(key string)) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		ch, err := store.Watch(ctx, kind, "")
-		if err == nil {
-			live(true)
-			backoff = 100 * time.Millisecond
-			for ev := range ch {
-				if ev.Err != nil {
-					log.Warn("cache watch failed; cache off until it is re-established", "err", ev.Err)
-					break
-				}
-				invalidate(ev.Key)
+	watchcache.Follow(ctx, func(ctx context.Context) (<-chan driver.Event, error) { return store.Watch(ctx, kind, "") },
+		func() { live(true) },
+		func(ev driver.Event) bool {
+			if ev.Err != nil {
+				log.Warn("cache watch failed; cache off until it is re-established", "err", ev.Err)
+				return false
 			}
-		} else if ctx.Err() == nil {
-			log.Warn("cache watch could not start; retrying", "err", err, "retry_in", backoff)
-		}
-		live(false)
-		wait.Sleep(ctx, backoff)
-		backoff = min(backoff*2, 5*time.Second)
-	}
+			invalidate(ev.Key)
+			return true
+		},
+		func(err error, retryIn time.Duration) {
+			if err != nil && ctx.Err() == nil {
+				log.Warn("cache watch could not start; retrying", "err", err, "retry_in", retryIn)
+			}
+			live(false)
+		})
 }

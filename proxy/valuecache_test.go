@@ -165,9 +165,7 @@ func putRaw(t *testing.T, s Store, name, v string) {
 func cacheLive(t *testing.T, f *fixture, kind string) {
 	t.Helper()
 	eventually(t, "value cache watch established", func() bool {
-		f.srv.values.mu.RLock()
-		defer f.srv.values.mu.RUnlock()
-		return f.srv.values.live[kind]
+		return f.srv.values.c.Live(kind)
 	})
 }
 
@@ -274,9 +272,7 @@ func TestValueCacheWatchBreak(t *testing.T) {
 
 	fs.breakAll(true)
 	eventually(t, "cache flushed after the watch broke", func() bool {
-		f.srv.values.mu.RLock()
-		defer f.srv.values.mu.RUnlock()
-		return !f.srv.values.live[secrets.KindRaw] && cacheLen(f.srv.values) == 0
+		return !f.srv.values.c.Live(secrets.KindRaw) && cacheLen(f.srv.values) == 0
 	})
 	// No watch, so no event: only an uncached read can see this.
 	putRaw(t, other, "c/wb", "during-break")
@@ -356,14 +352,19 @@ func TestValueCacheBounded(t *testing.T) {
 	// The byte count is exact: replace, invalidate and flush bring it back
 	// to the sum of what is left, and to 0.
 	var key string
-	for k := range c.entries {
-		key = k.key
-		break
+	for i := range 40 {
+		if _, _, ok := c.get(secrets.KindRaw, fmt.Sprintf("big-%02d", i)); ok {
+			key = fmt.Sprintf("big-%02d", i)
+			break
+		}
 	}
 	fill(key, value("small"))
 	want := int64(0)
-	for k, e := range c.entries {
-		want += entrySize(k, e.v)
+	for i := range 40 {
+		k := cacheKey{secrets.KindRaw, fmt.Sprintf("big-%02d", i)}
+		if v, _, ok := c.get(k.kind, k.key); ok {
+			want += entrySize(k, v)
+		}
 	}
 	if _, b := c.size(); b != want {
 		t.Fatalf("byte count %d after a replacement, entries sum to %d", b, want)
@@ -390,9 +391,7 @@ func TestCredentialCache(t *testing.T) {
 	f := startProxy(t, fs, nil)
 	creds := f.srv.o.Credentials
 	eventually(t, "credential watch established", func() bool {
-		creds.mu.Lock()
-		defer creds.mu.Unlock()
-		return creds.live
+		return creds.cache.Live("")
 	})
 	ctx := context.Background()
 	key, err := creds.Create(ctx, "cached", Grant{Paths: []string{"/secrets"}, Verbs: []string{"list"}})
@@ -430,9 +429,8 @@ func TestCredentialCache(t *testing.T) {
 	f.raw(t, "GET", "/secrets/", as("second", key2), "")
 	fs.breakAll(true)
 	eventually(t, "credential cache off after the watch broke", func() bool {
-		creds.mu.Lock()
-		defer creds.mu.Unlock()
-		return !creds.live && len(creds.cache) == 0
+		n, _ := creds.cache.Size()
+		return !creds.cache.Live("") && n == 0
 	})
 	if err := NewCredentials(other).Revoke(ctx, "second"); err != nil {
 		t.Fatal(err)
@@ -442,9 +440,7 @@ func TestCredentialCache(t *testing.T) {
 	}
 	fs.allow()
 	eventually(t, "credential watch re-established", func() bool {
-		creds.mu.Lock()
-		defer creds.mu.Unlock()
-		return creds.live
+		return creds.cache.Live("")
 	})
 	if code, _ := f.raw(t, "GET", "/secrets/", as("second", key2), ""); code != 403 {
 		t.Fatalf("revoked credential after re-watch: %d, want 403", code)

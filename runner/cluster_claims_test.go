@@ -67,7 +67,7 @@ func TestClaimsAcrossEtcdLeaderKill(t *testing.T) {
 						mu.Unlock()
 						continue
 					}
-					if cl == claimNew || cl == claimTakeover {
+					if cl == verdictNew || cl == verdictTakeover {
 						mu.Lock()
 						winners[id] = append(winners[id], j.Owner)
 						mu.Unlock()

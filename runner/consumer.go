@@ -9,11 +9,11 @@ import (
 	"regexp"
 	"time"
 
-	"github.com/sealrun/sealrun/internal/wait"
-
+	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/internal/wait"
 	"github.com/sealrun/sealrun/secrets"
 )
 
@@ -33,20 +33,26 @@ const finishTimeout = 15 * time.Second
 // channel died under it still finishes, is recorded, is answered on the
 // current session and records that; the redelivery is then only acked.
 func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.Delivery, log *slog.Logger, handedBack <-chan struct{}) {
+	o, log, finish := r.decide(ctx, p, queue, d, log, handedBack)
+	r.settle(ctx, log, d, o)
+	finish()
+}
+
+// decide runs a delivery's job (or finds it need not run) and says how to
+// settle it, with the logger that names the message. finish releases the
+// job's in-flight entry and claim renewal once the delivery is settled.
+func (r *Runner) decide(ctx context.Context, p *publisher, queue string, d amqp.Delivery, log *slog.Logger,
+	handedBack <-chan struct{}) (_ outcome, _ *slog.Logger, finish func()) {
+	finish = func() {}
 	if err := r.gate.wait(ctx); err != nil {
-		r.requeue(log, d, "", outcomeShutdown, err)
-		return
+		return shutdownOutcome("", err), log, finish
 	}
 	if d.Redelivered {
 		// A redelivery of a message rejected before: the broker lost the
 		// reject. Reject it again (so it reaches the dead-letter queue)
 		// without verifying or logging it a second time.
 		if why, err := r.jobs.Rejected(ctx, d.Body); err == nil && why != "" {
-			if nerr := d.Nack(false, false); nerr == nil {
-				r.m.messages.WithLabelValues(outcomeRejected, suiteLabel(nil, d.Body), why).Inc()
-				log.Debug("redelivered message rejected again", "reason", why)
-			}
-			return
+			return rejectOutcome(suiteLabel(nil, d.Body), why, true, nil), log, finish
 		}
 	}
 	op := r.opener.Load()
@@ -57,15 +63,14 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
-			r.requeue(log, d, suite, outcomeShutdown, err)
+			return shutdownOutcome(suite, err), log, finish
 		case envelope.Permanent(err) && !(envelope.KeyDependent(err) && !r.keysOK.Load()):
-			r.reject(ctx, log, queue, d, suite, err)
+			return r.reject(ctx, log, queue, d, suite, err), log, finish
 		default:
 			// The key source is down, so a missing key may just not have
 			// reached us yet: wait for it rather than reject.
-			r.transient(ctx, log, d, suite, err)
+			return transientOutcome(suite, err), log, finish
 		}
-		return
 	}
 	if opened.FingerprintMismatch {
 		// StudioML clients assert the signer's identity with the
@@ -74,35 +79,28 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 	}
 	id := messageID(opened, &d)
 	log = log.With("message_id", id, "suite", suite)
-	cl, c, ok := r.claim(ctx, log, queue, id, d, suite, handedBack)
+	verdict, c, o, ok := r.acquire(ctx, log, queue, id, d, suite, handedBack)
 	if !ok {
-		return
+		return o, log, finish
 	}
-	defer r.inflight.leave(id)
-	if cl == claimFinished {
-		if err := d.Ack(false); err != nil {
-			log.Warn("ack of an already answered message failed; it will come back and be acked then", "error", err)
-			return
-		}
-		log.Info("message already run and answered; acknowledged without running it again")
-		r.m.messages.WithLabelValues(outcomeDuplicate, suite, "").Inc()
-		return
+	if verdict == verdictFinished {
+		return duplicateOutcome(suite), log, func() { r.inflight.leave(id) }
 	}
 	// The claim stays ours while we run and answer.
 	kctx, stopKeep := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopKeep()
+	finish = func() { stopKeep(); r.inflight.leave(id) }
 	go c.KeepAlive(kctx, func(err error) { log.Warn("renewing the job claim failed", "error", err) })
 
 	job := Job{Queue: queue, ID: id, Suite: opened.Suite, Request: opened.Request}
 	var res *Result
-	if cl == claimRespond {
+	if verdict == verdictRespond {
 		// Its runner died (or gave up) after recording the outcome: answer from the
 		// record (exit status; the output was never stored).
 		rec := c.Record()
 		res = resultFromRecord(&rec)
 		log.Info("answering a finished job whose response was never recorded (its runner died or gave up)")
 	} else {
-		if cl == claimTakeover {
+		if verdict == verdictTakeover {
 			log.Info("taking over an unfinished run whose runner is gone")
 		}
 		r.started(ctx, p, log, job)
@@ -113,16 +111,13 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 			if ctx.Err() != nil {
 				// Killed by shutdown: the JobRecord stays "running",
 				// released, and the redelivery takes it over at once.
-				r.requeue(log, d, suite, outcomeShutdown, err)
-			} else {
-				r.transient(ctx, log, d, suite, err)
+				return shutdownOutcome(suite, err), log, finish
 			}
-			return
+			return transientOutcome(suite, err), log, finish
 		}
 		r.m.job.Observe(res.Duration.Seconds())
 		if err := r.durably(ctx, log, "record the job finished", func(ctx context.Context) error { return c.Finish(ctx, res) }); err != nil {
-			r.lost(ctx, log, d, suite, c, err)
-			return
+			return r.lost(ctx, log, suite, c, err), log, finish
 		}
 	}
 	respID, err := r.respond(ctx, p, log, job, res)
@@ -130,43 +125,29 @@ func (r *Runner) handle(ctx context.Context, p *publisher, queue string, d amqp.
 		// The run is recorded finished but not answered (respond warned);
 		// running it again would not bring the report back.
 		stopKeep()
-		if err := d.Ack(false); err != nil {
-			log.Debug("ack after the job ran did not go through", "error", err)
-		}
-		r.m.messages.WithLabelValues(outcomeDone, suite, "").Inc()
-		log.Info("job finished; its report could not be delivered", "exit_status", res.ExitStatus, "timed_out", res.TimedOut,
-			"duration", res.Duration.String())
-		return
+		return doneOutcome(suite, res, "", true), log, finish
 	}
 	if err != nil {
-		r.lost(ctx, log, d, suite, c, err)
-		return
+		return r.lost(ctx, log, suite, c, err), log, finish
 	}
 	if err := r.durably(ctx, log, "record the response", func(ctx context.Context) error { return c.Responded(ctx, respID) }); err != nil {
-		r.lost(ctx, log, d, suite, c, err)
-		return
+		return r.lost(ctx, log, suite, c, err), log, finish
 	}
 	stopKeep()
-	if err := d.Ack(false); err != nil {
-		// The outcome and the response are durable; the redelivery (if the
-		// delivery was handed back or its channel died) is acked then.
-		log.Debug("ack after the job was answered did not go through", "error", err)
-	}
-	r.gate.ok()
-	r.m.messages.WithLabelValues(outcomeDone, suite, "").Inc()
-	log.Info("job finished", "exit_status", res.ExitStatus, "timed_out", res.TimedOut, "duration", res.Duration.String(),
-		"response_id", respID)
+	return doneOutcome(suite, res, respID, false), log, finish
 }
 
 // claimPoll is how often a copy waiting for another runner's claim reads
 // the JobRecord again.
 const claimPoll = 500 * time.Millisecond
 
-// claim takes the message's JobRecord for this process, waiting while a
+// acquire takes the message's JobRecord for this process, waiting while a
 // live runner (this process included) holds it. ok false means the
-// delivery was settled (requeued, or handed back while waiting).
-func (r *Runner) claim(ctx context.Context, log *slog.Logger, queue, id string, d amqp.Delivery, suite string,
-	handedBack <-chan struct{}) (claimResult, *Claim, bool) {
+// delivery is not to be run: o says how to settle it (requeue, or nothing
+// when it was handed back while waiting). With ok true the caller leaves
+// r.inflight for id.
+func (r *Runner) acquire(ctx context.Context, log *slog.Logger, queue, id string, d amqp.Delivery, suite string,
+	handedBack <-chan struct{}) (_ jobVerdict, _ *Claim, o outcome, ok bool) {
 	waiting := false
 	for {
 		// A copy of a message this process runs waits for that run.
@@ -179,18 +160,16 @@ func (r *Runner) claim(ctx context.Context, log *slog.Logger, queue, id string, 
 			if waiting || d.Redelivered {
 				take = r.jobs.Reclaim
 			}
-			cl, c, err := take(ctx, queue, id, time.Now().UTC())
-			if err == nil && cl != claimBusy {
-				return cl, c, true
+			verdict, c, err := take(ctx, queue, id, time.Now().UTC())
+			if err == nil && verdict != verdictBusy {
+				return verdict, c, o, true
 			}
 			r.inflight.leave(id)
 			if err != nil {
 				if ctx.Err() != nil {
-					r.requeue(log, d, suite, outcomeShutdown, err)
-				} else {
-					r.transient(ctx, log, d, suite, err)
+					return 0, nil, shutdownOutcome(suite, err), false
 				}
-				return 0, nil, false
+				return 0, nil, transientOutcome(suite, err), false
 			}
 			done = nil
 		}
@@ -205,11 +184,10 @@ func (r *Runner) claim(ctx context.Context, log *slog.Logger, queue, id string, 
 		case <-handedBack:
 			// The delivery went back to the broker; a copy comes back.
 			poll.Stop()
-			return 0, nil, false
+			return 0, nil, outcome{how: settleNone}, false
 		case <-ctx.Done():
 			poll.Stop()
-			r.requeue(log, d, suite, outcomeShutdown, ctx.Err())
-			return 0, nil, false
+			return 0, nil, shutdownOutcome(suite, ctx.Err()), false
 		}
 		poll.Stop()
 	}
@@ -219,33 +197,50 @@ func (r *Runner) claim(ctx context.Context, log *slog.Logger, queue, id string, 
 // or shutdown ends the job (ctx) and finishTimeout has passed: giving up
 // early would leave a run that happened looking unfinished.
 func (r *Runner) durably(ctx context.Context, log *slog.Logger, what string, write func(context.Context) error) error {
-	start := time.Now()
-	for attempt := 1; ; attempt++ {
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
-		err := write(wctx)
-		cancel()
-		if err == nil || errors.Is(err, errClaimLost) {
-			return err
-		}
-		if ctx.Err() != nil && time.Since(start) > finishTimeout {
-			return err
-		}
-		d := backoff(attempt, 200*time.Millisecond, 5*time.Second)
+	gctx, cancel := afterShutdown(ctx, time.Now())
+	defer cancel()
+	return wait.Retry(gctx, bookkeepingBackoff(), 0, func(err error, d time.Duration) {
 		log.Warn("could not "+what+"; retrying", "error", err, "retry_in", d)
-		time.Sleep(d)
-	}
+	}, func() error {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+		defer cancel()
+		err := write(wctx)
+		if errors.Is(err, errClaimLost) {
+			return backoff.Permanent(err)
+		}
+		return err
+	})
 }
 
-// lost settles a delivery whose outcome could not be recorded: the claim
-// was taken over (the other runner answers), or shutdown came first (the
-// claim is released so the redelivery is handled at once).
-func (r *Runner) lost(ctx context.Context, log *slog.Logger, d amqp.Delivery, suite string, c *Claim, err error) {
+// bookkeepingBackoff paces the retries of a finished job's record and
+// response writes.
+func bookkeepingBackoff() *backoff.ExponentialBackOff {
+	return wait.Backoff(200*time.Millisecond, 5*time.Second)
+}
+
+// afterShutdown is the context a finished job's bookkeeping retries under:
+// it ends only once shutdown has ended ctx and finishTimeout has passed
+// since start, since giving up early would leave a run that happened
+// looking unfinished.
+func afterShutdown(ctx context.Context, start time.Time) (context.Context, context.CancelFunc) {
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(time.Until(start.Add(finishTimeout)), cancel)
+		context.AfterFunc(gctx, func() { t.Stop() })
+	})
+	return gctx, func() { stop(); cancel() }
+}
+
+// lost is the outcome of a delivery whose outcome could not be recorded:
+// the claim was taken over (the other runner answers), or shutdown came
+// first (the claim is released so the redelivery is handled at once).
+func (r *Runner) lost(ctx context.Context, log *slog.Logger, suite string, c *Claim, err error) outcome {
 	if errors.Is(err, errClaimLost) {
 		log.Error("job claim taken over by another runner while this one ran it; leaving the outcome to it", "error", err)
 	} else {
 		r.release(ctx, log, c)
 	}
-	r.requeue(log, d, suite, outcomeRequeued, err)
+	return requeueOutcome(suite, err)
 }
 
 // release gives up an unfinished claim so a redelivery need not wait for
@@ -267,12 +262,11 @@ func resultFromRecord(rec *secrets.JobRecord) *Result {
 	return res
 }
 
-// reject settles a message that can never succeed: nack without requeue, so
-// it goes to the queue's dead-letter exchange (if any) and never loops. The
-// rejection is recorded first (by body hash, reason code only), so a copy
-// the broker gives back is rejected again without a second verification
-// or log line.
-func (r *Runner) reject(ctx context.Context, log *slog.Logger, queue string, d amqp.Delivery, suite string, err error) {
+// reject records a message that can never succeed and returns its
+// rejection. The rejection is recorded first (by body hash, reason code
+// only), so a copy the broker gives back is rejected again without a second
+// verification or log line.
+func (r *Runner) reject(ctx context.Context, log *slog.Logger, queue string, d amqp.Delivery, suite string, err error) outcome {
 	reason := envelope.Reason(err)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	first, rerr := r.jobs.Reject(rctx, queue, d.Body, reason, time.Now().UTC())
@@ -281,35 +275,7 @@ func (r *Runner) reject(ctx context.Context, log *slog.Logger, queue string, d a
 		// Still reject: the record only saves work on a redelivery.
 		log.Warn("could not record the rejection", "error", rerr)
 	}
-	if nerr := d.Nack(false, false); nerr != nil {
-		log.Warn("reject failed; the broker will redeliver the message", "error", nerr)
-		return
-	}
-	r.m.messages.WithLabelValues(outcomeRejected, suite, reason).Inc()
-	if !first {
-		log.Debug("message rejected again (the broker had given it back)", "reason", reason)
-		return
-	}
-	// Envelope errors name queues, prefixes and fingerprints, never keys.
-	log.Warn("message rejected without requeue", "suite", suite, "reason", reason, "error", err)
-}
-
-// transient pauses processing with a growing backoff, then requeues.
-func (r *Runner) transient(ctx context.Context, log *slog.Logger, d amqp.Delivery, suite string, err error) {
-	pause := r.gate.fail()
-	log.Warn("transient failure; pausing consumption and requeueing", "suite", suite, "error", err, "pause", pause)
-	wait.Sleep(ctx, pause)
-	r.requeue(log, d, suite, outcomeRequeued, err)
-}
-
-func (r *Runner) requeue(log *slog.Logger, d amqp.Delivery, suite, outcome string, why error) {
-	if err := d.Nack(false, true); err != nil {
-		log.Debug("requeue failed; the broker requeues at channel close", "error", err)
-	}
-	r.m.messages.WithLabelValues(outcome, suite, "").Inc()
-	if outcome == outcomeShutdown {
-		log.Info("message given back for shutdown", "error", why)
-	}
+	return rejectOutcome(suite, reason, !first, err)
 }
 
 func suiteLabel(o *envelope.Opened, body []byte) string {

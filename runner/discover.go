@@ -248,18 +248,17 @@ func (r *Runner) discover(ctx context.Context) {
 	if u, err := url.Parse(d.ManagementURL); err == nil && u.Scheme == "http" && !loopback(u.Hostname()) {
 		r.log.Warn("discover.management_url is plain http to another host: the AMQP user's password crosses the network in the clear; use https")
 	}
-	fails := 0
+	b := wait.Backoff(time.Second, d.Interval)
 	for {
 		pause := d.Interval
 		if err := r.discoverOnce(ctx, hc, match); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			fails++
-			pause = backoff(fails, time.Second, d.Interval)
+			pause = b.NextBackOff()
 			r.log.Warn("queue discovery failed; keeping the queues found so far", "error", err, "retry_in", pause)
 		} else {
-			fails = 0
+			b.Reset()
 		}
 		if !wait.Sleep(ctx, pause) {
 			return

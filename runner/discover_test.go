@@ -2,6 +2,7 @@ package runner
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,7 +64,9 @@ func TestDiscoverQueues(t *testing.T) {
 	if _, err := ch.QueueDelete(qb, false, false, false); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(600 * time.Millisecond) // a few discovery rounds
+	// The broker cancels its consumer; the runner drops the queue and keeps
+	// its session.
+	eventually(t, 15*time.Second, "deleted queue dropped", func() bool { return !slices.Contains(h.r.queues.all(), qb) })
 	h.publish(qa, sealHPKE(t, qa))
 	eventually(t, 15*time.Second, "discovered queue still consumed", func() bool { return h.count(outcomeDone) == 3 })
 	if got := testutilCounter(t, h.r, "sealrun_runner_reconnects_total"); got != reconnects {

@@ -403,11 +403,25 @@ func (h *harness) count(outcome string) int {
 // if not empty) over all suites.
 func countMessages(t testing.TB, r *Runner, outcome, reason string) int {
 	t.Helper()
+	total := 0.0
+	for s, v := range messageSeries(t, r) {
+		if s.outcome == outcome && (reason == "" || s.reason == reason) {
+			total += v
+		}
+	}
+	return int(total)
+}
+
+type messageLabels struct{ outcome, suite, reason string }
+
+// messageSeries is every series of sealrun_runner_messages_total.
+func messageSeries(t testing.TB, r *Runner) map[messageLabels]float64 {
+	t.Helper()
 	mfs, err := r.m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	total := 0.0
+	out := map[messageLabels]float64{}
 	for _, mf := range mfs {
 		if mf.GetName() != "sealrun_runner_messages_total" {
 			continue
@@ -417,12 +431,10 @@ func countMessages(t testing.TB, r *Runner, outcome, reason string) int {
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["outcome"] == outcome && (reason == "" || labels["reason"] == reason) {
-				total += m.GetCounter().GetValue()
-			}
+			out[messageLabels{labels["outcome"], labels["suite"], labels["reason"]}] += m.GetCounter().GetValue()
 		}
 	}
-	return int(total)
+	return out
 }
 
 // jobs returns every JobRecord.

@@ -43,7 +43,7 @@ func TestJobsBatchCoalesces(t *testing.T) {
 		wg.Go(func() {
 			id, now := fmt.Sprintf("m%d", i), time.Now()
 			cl, c, err := j.Claim(t.Context(), "q", id, now)
-			if err != nil || cl != claimNew {
+			if err != nil || cl != verdictNew {
 				errs <- fmt.Errorf("claim %s: %v %v", id, cl, err)
 				return
 			}
@@ -73,7 +73,7 @@ func TestJobsBatchCoalesces(t *testing.T) {
 		}
 	}
 	// A second copy of a finished message is still told apart per item.
-	if cl, _, err := j.Claim(t.Context(), "q", "m7", time.Now()); err != nil || cl != claimFinished {
+	if cl, _, err := j.Claim(t.Context(), "q", "m7", time.Now()); err != nil || cl != verdictFinished {
 		t.Fatalf("claim of a finished message: %v %v", cl, err)
 	}
 }

@@ -33,26 +33,27 @@ const DefaultClaimLease = 30 * time.Second
 // run every third of the lease and must get through an etcd leader change.
 const MinClaimLease = 3 * time.Second
 
-// claimResult is the outcome of claiming a message in the job store.
-type claimResult int
+// jobVerdict is what a message's JobRecord says to do with a copy of it,
+// as found by Jobs.Claim (named apart from the Claim it may return).
+type jobVerdict int
 
 const (
-	// claimNew: first time this message is seen; run it.
-	claimNew claimResult = iota
-	// claimTakeover: an unfinished run whose owner is dead (its lease
+	// verdictNew: first time this message is seen; run it.
+	verdictNew jobVerdict = iota
+	// verdictTakeover: an unfinished run whose owner is dead (its lease
 	// expired, or it released the claim); run it again.
-	claimTakeover
-	// claimRespond: run to the end, but its owner died before recording
+	verdictTakeover
+	// verdictRespond: run to the end, but its owner died before recording
 	// the response: publish the response from the record, do not run.
-	claimRespond
-	// claimFinished: run and answered; ack without running.
-	claimFinished
-	// claimBusy: a live runner owns the claim (it runs the job or is
+	verdictRespond
+	// verdictFinished: run and answered; ack without running.
+	verdictFinished
+	// verdictBusy: a live runner owns the claim (it runs the job or is
 	// publishing its response): wait, never run it in parallel.
-	claimBusy
+	verdictBusy
 )
 
-func (c claimResult) String() string {
+func (c jobVerdict) String() string {
 	return [...]string{"new", "takeover", "respond", "finished", "busy"}[c]
 }
 
@@ -99,14 +100,14 @@ var errClaimLost = errors.New("job claim taken over by another runner")
 
 // Claim takes message id for this process, or says why not. A record that
 // is running or awaiting its response under a live owner (not this process)
-// is claimBusy; one whose owner is dead, or is this process without a run
+// is verdictBusy; one whose owner is dead, or is this process without a run
 // in flight (the caller checks that), is taken over with compare-and-set.
-func (j *Jobs) Claim(ctx context.Context, queue, id string, now time.Time) (claimResult, *Claim, error) {
+func (j *Jobs) Claim(ctx context.Context, queue, id string, now time.Time) (jobVerdict, *Claim, error) {
 	rec := secrets.JobRecord{MessageID: id, Queue: queue, State: StateRunning, Received: now, Started: now,
 		Owner: j.Owner, LeaseUntil: now.Add(j.lease())}
 	rev, err := j.put(ctx, &rec, driver.PutOptions{IfAbsent: true})
 	if err == nil {
-		return claimNew, &Claim{jobs: j, rev: rev, rec: rec}, nil
+		return verdictNew, &Claim{jobs: j, rev: rev, rec: rec}, nil
 	}
 	if storage.Code(err) != driver.Conflict {
 		return 0, nil, fmt.Errorf("claim job %s: %w", id, err)
@@ -117,7 +118,7 @@ func (j *Jobs) Claim(ctx context.Context, queue, id string, now time.Time) (clai
 // Reclaim is Claim for a message known to have a record (a copy polling a
 // busy claim): it reads first, so waiting copies add no failing
 // create-if-absent writes to the shared batches.
-func (j *Jobs) Reclaim(ctx context.Context, queue, id string, now time.Time) (claimResult, *Claim, error) {
+func (j *Jobs) Reclaim(ctx context.Context, queue, id string, now time.Time) (jobVerdict, *Claim, error) {
 	old := secrets.JobRecord{MessageID: id}
 	rev, err := j.Store.Get(ctx, &old)
 	if storage.Code(err) == driver.NotFound {
@@ -126,35 +127,35 @@ func (j *Jobs) Reclaim(ctx context.Context, queue, id string, now time.Time) (cl
 	if err != nil {
 		return 0, nil, fmt.Errorf("read job %s: %w", id, err)
 	}
-	var outcome claimResult
+	var verdict jobVerdict
 	switch {
 	case old.State == StateFinished && !old.Responded.IsZero():
-		return claimFinished, nil, nil
+		return verdictFinished, nil, nil
 	case old.State == StateRejected:
 		// Not a message we opened before (rejections are keyed by body
 		// hash): a job id that is someone else's rejection record.
 		return 0, nil, fmt.Errorf("job %s: the id names a rejection record", id)
 	case old.Owner != j.Owner && now.Before(old.LeaseUntil):
-		return claimBusy, nil, nil
+		return verdictBusy, nil, nil
 	case old.State == StateFinished:
-		outcome = claimRespond
+		verdict = verdictRespond
 	default:
-		outcome = claimTakeover
+		verdict = verdictTakeover
 	}
 	rec := old
 	rec.Owner, rec.LeaseUntil = j.Owner, now.Add(j.lease())
-	if outcome == claimTakeover {
+	if verdict == verdictTakeover {
 		rec.Started = now
 	}
 	rev, err = j.put(ctx, &rec, driver.PutOptions{IfRevision: rev})
 	if err != nil {
 		if storage.Code(err) == driver.Conflict {
 			// Another runner took it between our read and write.
-			return claimBusy, nil, nil
+			return verdictBusy, nil, nil
 		}
 		return 0, nil, fmt.Errorf("take over job %s: %w", id, err)
 	}
-	return outcome, &Claim{jobs: j, rev: rev, rec: rec}, nil
+	return verdict, &Claim{jobs: j, rev: rev, rec: rec}, nil
 }
 
 // Record returns a copy of the claimed record.

@@ -62,7 +62,7 @@ func TestReleaseAfterAmbiguousFinish(t *testing.T) {
 	}
 	other := &Jobs{Store: st, Owner: "other.1"}
 	cl, _, err := other.Claim(ctx, "q", "m1", time.Now())
-	if err != nil || cl == claimTakeover {
+	if err != nil || cl == verdictTakeover {
 		t.Errorf("another runner's claim: %v, %v; a finished job must not be taken over (run again)", cl, err)
 	}
 }
@@ -92,7 +92,7 @@ func TestRenewAfterRelease(t *testing.T) {
 		t.Fatalf("lease after Release then Renew: %v (%v); want cleared", rec.LeaseUntil, err)
 	}
 	other := &Jobs{Store: st, Owner: "other.1"}
-	if cl, _, err := other.Claim(ctx, "q", "m2", time.Now()); err != nil || cl != claimTakeover {
+	if cl, _, err := other.Claim(ctx, "q", "m2", time.Now()); err != nil || cl != verdictTakeover {
 		t.Fatalf("another runner's claim of a released job: %v, %v; want takeover", cl, err)
 	}
 }

@@ -27,11 +27,11 @@ func TestJobsClaim(t *testing.T) {
 	b := &Jobs{Store: st, Owner: "b", Lease: time.Second}
 	ctx, now := t.Context(), time.Now()
 	cl, ca, err := a.Claim(ctx, "q", "m1", now)
-	if err != nil || cl != claimNew {
+	if err != nil || cl != verdictNew {
 		t.Fatalf("first claim: %v %v", cl, err)
 	}
 	// Another runner's copy (redelivered or not) while the owner lives.
-	if cl, _, err := b.Claim(ctx, "q", "m1", now); err != nil || cl != claimBusy {
+	if cl, _, err := b.Claim(ctx, "q", "m1", now); err != nil || cl != verdictBusy {
 		t.Fatalf("copy while the owner runs it: %v %v, want busy", cl, err)
 	}
 	// A write of ours that landed although its answer was lost leaves a
@@ -44,12 +44,12 @@ func TestJobsClaim(t *testing.T) {
 	if err := ca.Renew(ctx); err != nil {
 		t.Fatalf("renew after an in-doubt write: %v", err)
 	}
-	if cl, _, _ := b.Claim(ctx, "q", "m1", time.Now().Add(900*time.Millisecond)); cl != claimBusy {
+	if cl, _, _ := b.Claim(ctx, "q", "m1", time.Now().Add(900*time.Millisecond)); cl != verdictBusy {
 		t.Fatalf("renewed claim: %v, want busy", cl)
 	}
 	// The owner dies: after its lease, the claim is taken over.
 	cl, cb, err := b.Claim(ctx, "q", "m1", time.Now().Add(2*time.Second))
-	if err != nil || cl != claimTakeover {
+	if err != nil || cl != verdictTakeover {
 		t.Fatalf("after the lease: %v %v, want takeover", cl, err)
 	}
 	if err := ca.Finish(ctx, &Result{}); !errors.Is(err, errClaimLost) {
@@ -59,7 +59,7 @@ func TestJobsClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Finished, response not recorded: busy while b lives...
-	if cl, _, _ := a.Claim(ctx, "q", "m1", time.Now()); cl != claimBusy {
+	if cl, _, _ := a.Claim(ctx, "q", "m1", time.Now()); cl != verdictBusy {
 		t.Fatalf("finished, owner alive: %v, want busy", cl)
 	}
 	// ...and once b released it, the response is due from the record.
@@ -67,7 +67,7 @@ func TestJobsClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl, ca, err = a.Claim(ctx, "q", "m1", time.Now())
-	if err != nil || cl != claimRespond {
+	if err != nil || cl != verdictRespond {
 		t.Fatalf("finished, owner gone: %v %v, want respond", cl, err)
 	}
 	if rec := ca.Record(); rec.ExitStatus == nil || *rec.ExitStatus != 3 || !rec.TimedOut || rec.Owner != "a" {
@@ -77,7 +77,7 @@ func TestJobsClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, j := range []*Jobs{a, b} {
-		if cl, _, err := j.Claim(ctx, "q", "m1", time.Now()); err != nil || cl != claimFinished {
+		if cl, _, err := j.Claim(ctx, "q", "m1", time.Now()); err != nil || cl != verdictFinished {
 			t.Fatalf("after the response (%s): %v %v", j.Owner, cl, err)
 		}
 	}

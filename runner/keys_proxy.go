@@ -23,6 +23,10 @@ type ProxyKeySource struct {
 
 	mu     sync.Mutex
 	parsed map[[32]byte]any // sha256(pem || 0 || passphrase) -> parsed key
+
+	// observe, if set, sees every watch event before it is coalesced (the
+	// zero Event: a watch was established or broke); tests wait on it.
+	observe func(client.Event)
 }
 
 // Kinds the runner reads, as proxy paths.
@@ -170,7 +174,10 @@ func (s *ProxyKeySource) Changes(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	go func() {
 		defer close(ch)
-		s.Client.KeepCacheFresh(ctx, func(client.Event) {
+		s.Client.KeepCacheFresh(ctx, func(ev client.Event) {
+			if s.observe != nil {
+				s.observe(ev)
+			}
 			select {
 			case ch <- struct{}{}:
 			default:

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,7 +82,14 @@ func startKeyProxyOn(t testing.TB, secretBackend driver.Driver, opts ...func(*pr
 
 func TestProxyKeySource(t *testing.T) {
 	p := startKeyProxy(t)
-	ks := &ProxyKeySource{Client: p.client}
+	// Each kind's watch signals with a zero Event once it is established.
+	var zero atomic.Int32
+	established := make(chan struct{})
+	ks := &ProxyKeySource{Client: p.client, observe: func(ev client.Event) {
+		if ev == (client.Event{}) && zero.Add(1) == int32(len(proxyKeyKinds)) {
+			close(established)
+		}
+	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changes := ks.Changes(ctx)
@@ -108,7 +116,11 @@ func TestProxyKeySource(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // let the watches establish
+	select {
+	case <-established:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%d of %d key watches established", zero.Load(), len(proxyKeyKinds))
+	}
 	drain()
 	p.store.Put(ctx, &secrets.SigningKey{QueuePrefix: "rmq_new_", PublicKey: fixOther.Public().AuthorizedKey()}, driver.PutOptions{})
 	select {

@@ -13,9 +13,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sealrun/sealrun/envelope"
+	"github.com/sealrun/sealrun/internal/wait"
 )
 
 // responseQueueTTL is how long the answer to "does <queue>_response exist"
@@ -431,26 +433,26 @@ func (r *Runner) respond(ctx context.Context, p *publisher, log *slog.Logger, jo
 		}
 		out = append(out, sealed{m.id, body, m.role})
 	}
-	start := time.Now()
+	gctx, cancel := afterShutdown(ctx, time.Now())
+	defer cancel()
 	for _, m := range out {
-		for attempt := 1; ; attempt++ {
-			err := r.publishResponse(ctx, p, log, job.Queue, m.id, m.body, m.role)
-			if err == nil {
-				break
-			}
-			if errors.Is(err, errNoResponseQueue) {
-				return "", nil
-			}
-			if errors.Is(err, errUnroutable) {
-				return "", err
-			}
-			if ctx.Err() != nil && time.Since(start) > finishTimeout {
-				return "", err
-			}
-			p = nil // the session may be gone: use the current one
-			d := backoff(attempt, 200*time.Millisecond, 5*time.Second)
+		err := wait.Retry(gctx, bookkeepingBackoff(), 0, func(err error, d time.Duration) {
 			log.Warn("publishing the response failed; retrying on the current broker session", "error", err, "retry_in", d)
-			time.Sleep(d)
+		}, func() error {
+			err := r.publishResponse(ctx, p, log, job.Queue, m.id, m.body, m.role)
+			if errors.Is(err, errNoResponseQueue) || errors.Is(err, errUnroutable) {
+				return backoff.Permanent(err)
+			}
+			if err != nil {
+				p = nil // the session may be gone: use the current one
+			}
+			return err
+		})
+		switch {
+		case errors.Is(err, errNoResponseQueue):
+			return "", nil
+		case err != nil:
+			return "", err
 		}
 	}
 	return ResponseMessageID(job.ID), nil

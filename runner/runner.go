@@ -16,10 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 
 	"github.com/sealrun/sealrun/internal/wait"
 
@@ -214,7 +215,7 @@ func (r *Runner) install(k *Keys) {
 // lookups that fail are treated as transient (see consumer.go).
 func (r *Runner) watchKeys(ctx context.Context, changes <-chan struct{}) {
 	var retry <-chan time.Time
-	fails := 0
+	b := wait.Backoff(500*time.Millisecond, 30*time.Second)
 	for {
 		select {
 		case <-ctx.Done():
@@ -234,13 +235,12 @@ func (r *Runner) watchKeys(ctx context.Context, changes <-chan struct{}) {
 			}
 			r.keysOK.Store(false)
 			r.m.keyReloads.WithLabelValues("error").Inc()
-			fails++
-			d := backoff(fails, 500*time.Millisecond, 30*time.Second)
+			d := b.NextBackOff()
 			r.log.Warn("key reload failed; keeping the current keys and retrying", "error", err, "retry_in", d)
 			retry = time.After(d)
 			continue
 		}
-		fails = 0
+		b.Reset()
 		r.install(k)
 		r.keysOK.Store(true)
 		r.m.keyReloads.WithLabelValues("ok").Inc()
@@ -288,26 +288,13 @@ func (r *Runner) noteExecutor(err error) {
 	}
 }
 
-// backoff is a jittered exponential delay for the n-th consecutive failure
-// (n ≥ 1), between min/2 and max.
-func backoff(n int, min, max time.Duration) time.Duration {
-	d := min
-	for i := 1; i < n && d < max; i++ {
-		d *= 2
-	}
-	if d > max {
-		d = max
-	}
-	// Full jitter over the upper half keeps runners from reconnecting in step.
-	return d/2 + rand.N(d/2+1)
-}
-
 // gate pauses message processing after a transient failure. Each failure
 // pushes the pause further out, exponentially; a success resets it.
 type gate struct {
 	mu       sync.Mutex
 	min, max time.Duration
 	fails    int
+	b        *backoff.ExponentialBackOff // from min to max, built at the first failure
 	until    time.Time
 }
 
@@ -331,7 +318,10 @@ func (g *gate) fail() time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.fails++
-	d := backoff(g.fails, g.min, g.max)
+	if g.b == nil {
+		g.b = wait.Backoff(g.min, g.max)
+	}
+	d := g.b.NextBackOff()
 	if u := time.Now().Add(d); u.After(g.until) {
 		g.until = u
 	}
@@ -342,6 +332,9 @@ func (g *gate) fail() time.Duration {
 func (g *gate) ok() {
 	g.mu.Lock()
 	g.fails = 0
+	if g.b != nil {
+		g.b.Reset()
+	}
 	g.mu.Unlock()
 }
 

@@ -142,8 +142,8 @@ func TestPoisonDeadLettered(t *testing.T) {
 			t.Errorf("dead-lettered %v times, want 1", n)
 		}
 	}
-	// Nothing looped: one delivery each, nothing requeued or run.
-	time.Sleep(300 * time.Millisecond)
+	// Nothing looped: each was settled once, as rejected (a settled delivery
+	// cannot come back), and none was requeued or run.
 	for _, o := range []string{outcomeDone, outcomeRequeued, outcomeDuplicate} {
 		if got := h.count(o); got != 0 {
 			t.Errorf("outcome %s = %d, want 0", o, got)
@@ -290,10 +290,14 @@ func TestExecutorCannotStart(t *testing.T) {
 	}})
 	h.publish(q, sealStudio(t, fixSign), sealHPKE(t, q))
 	eventually(t, 10*time.Second, "requeues while the executor cannot start", func() bool { return h.count(outcomeRequeued) >= 2 })
-	time.Sleep(time.Second)
-	// Backoff, not a hot loop: a handful of attempts in over a second.
-	if n := h.count(outcomeRequeued); n > 20 {
-		t.Errorf("%d requeues in ~1s: requeue loop", n)
+	// Backoff, not a hot loop: every requeue waited out a pause of the
+	// gate first, and its pauses grow (internal/wait TestBackoffDelays).
+	n := h.count(outcomeRequeued)
+	h.r.gate.mu.Lock()
+	pauses := h.r.gate.fails
+	h.r.gate.mu.Unlock()
+	if pauses < n {
+		t.Errorf("%d requeues after %d pauses: requeued without backing off", n, pauses)
 	}
 	eventually(t, 5*time.Second, "/readyz to report the pause", func() bool { return h.r.notReady() != "" })
 	writeFile(t, bin, []byte("#!/bin/sh\ncat >/dev/null\n"))

@@ -26,6 +26,7 @@ import (
 // round-robin: the node that was lost is the last one tried again.
 func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup) {
 	fails := 0
+	b := wait.Backoff(r.cfg.AMQP.ReconnectMin, r.cfg.AMQP.ReconnectMax)
 	everConnected := false
 	for next := 0; ; next++ {
 		started := time.Now()
@@ -42,9 +43,10 @@ func (r *Runner) supervise(ctx, jobCtx context.Context, handlers *sync.WaitGroup
 		}
 		if time.Since(started) > time.Minute {
 			fails = 0 // a long session: the broker was fine, start over
+			b.Reset()
 		}
 		fails++
-		d := backoff(fails, r.cfg.AMQP.ReconnectMin, r.cfg.AMQP.ReconnectMax)
+		d := b.NextBackOff()
 		r.log.Warn("broker session ended; reconnecting", "error", err, "attempt", fails, "retry_in", d)
 		if !wait.Sleep(ctx, d) {
 			return

@@ -193,22 +193,17 @@ func (s *Session) keepAlive(ctx context.Context, secret *api.Secret) {
 // after each failure: a Vault outage longer than the token's TTL ends in one
 // fresh login once Vault is back. It returns nil when ctx ends.
 func (s *Session) relogin(ctx context.Context) *api.Secret {
-	backoff := s.opts.MinBackoff
-	for {
-		secret, err := s.login(ctx, false)
-		if err == nil {
-			return secret
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		d := jitter(backoff, backoff/2)
+	var secret *api.Secret
+	err := wait.Retry(ctx, wait.Backoff(s.opts.MinBackoff, s.opts.MaxBackoff), 0, func(err error, d time.Duration) {
 		s.log.Warn("vault: login failed; retrying", "err", err, "in", d.Round(time.Millisecond))
-		if !wait.Sleep(ctx, d) {
-			return nil
-		}
-		backoff = min(2*backoff, s.opts.MaxBackoff)
+	}, func() (err error) {
+		secret, err = s.login(ctx, false)
+		return err
+	})
+	if err != nil {
+		return nil // ctx ended
 	}
+	return secret
 }
 
 // jitter returns d minus up to spread, at random.

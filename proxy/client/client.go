@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -24,8 +23,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/sealrun/sealrun/internal/wait"
+	"github.com/sealrun/sealrun/internal/watchcache"
 	"github.com/sealrun/sealrun/proxy/wire"
 	"github.com/sealrun/sealrun/secrets"
 )
@@ -85,14 +87,9 @@ type Client struct {
 	base string
 	http *http.Client
 
-	mu    sync.RWMutex
-	cache map[string]cached
-	gen   uint64 // bumped on every invalidation; a fetch that raced one is not cached
-}
-
-type cached struct {
-	v       []byte
-	expires time.Time
+	// cache serves whether or not a watch runs: KeepCacheFresh empties it
+	// whenever its watch is down.
+	cache *watchcache.Cache[string, []byte]
 }
 
 // New returns a client. The key is taken from Config.Key, Config.KeyFile or
@@ -132,7 +129,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, errors.New("secrets proxy client needs an API id and key (key from key_file or SEALRUN_API_KEY)")
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second, TLSClientConfig: cfg.TLS}
-	c := &Client{cfg: cfg, cache: map[string]cached{}}
+	c := &Client{cfg: cfg, cache: watchcache.New(watchcache.Options[string, []byte]{TTL: cfg.CacheTTL, AlwaysLive: true})}
 	switch {
 	case cfg.Socket != "":
 		sock := cfg.Socket
@@ -178,24 +175,20 @@ func escapeName(name string) string {
 // do sends one request with retries; body may be nil. The response body is
 // returned read, except for streams (stream=true).
 func (c *Client) do(ctx context.Context, method, path string, body []byte, hdr map[string]string) ([]byte, error) {
-	var last error
-	for attempt := range c.cfg.Retries {
-		if attempt > 0 {
-			// Full jitter, 50ms doubling, capped at 2s.
-			d := time.Duration(rand.Int64N(int64(min(50*time.Millisecond<<attempt, 2*time.Second))))
-			select {
-			case <-ctx.Done():
-				return nil, errors.Join(ctx.Err(), last)
-			case <-time.After(d):
-			}
+	var out []byte
+	err := wait.Retry(ctx, wait.Backoff(100*time.Millisecond, 2*time.Second), uint(max(c.cfg.Retries, 1)), nil, func() error {
+		var retry bool
+		var err error
+		out, retry, err = c.once(ctx, method, path, body, hdr)
+		if err != nil && !retry {
+			return backoff.Permanent(err)
 		}
-		out, retry, err := c.once(ctx, method, path, body, hdr)
-		if err == nil || !retry {
-			return out, err
-		}
-		last = err
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, last
+	return out, nil
 }
 
 func (c *Client) once(ctx context.Context, method, path string, body []byte, hdr map[string]string) ([]byte, bool, error) {
@@ -283,22 +276,15 @@ func errorFor(status int, h http.Header, body []byte) *Error {
 
 // Get reads a value, from the cache when fresh.
 func (c *Client) Get(ctx context.Context, name string) ([]byte, error) {
-	c.mu.RLock()
-	e, ok := c.cache[name]
-	gen := c.gen
-	c.mu.RUnlock()
-	if ok && time.Now().Before(e.expires) {
-		return e.v, nil
+	v, gen, ok := c.cache.Get(name)
+	if ok {
+		return v, nil
 	}
 	v, err := c.GetFresh(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	if c.gen == gen { // no invalidation raced the fetch
-		c.cache[name] = cached{v: v, expires: time.Now().Add(c.cfg.CacheTTL)}
-	}
-	c.mu.Unlock()
+	c.cache.Fill(name, v, gen) // unless an invalidation raced the fetch
 	return v, nil
 }
 
@@ -365,20 +351,10 @@ func (c *Client) List(ctx context.Context, container string) ([]string, error) {
 }
 
 // Invalidate drops name from the cache.
-func (c *Client) Invalidate(name string) {
-	c.mu.Lock()
-	delete(c.cache, name)
-	c.gen++
-	c.mu.Unlock()
-}
+func (c *Client) Invalidate(name string) { c.cache.Invalidate(name) }
 
 // InvalidateAll empties the cache.
-func (c *Client) InvalidateAll() {
-	c.mu.Lock()
-	c.cache = map[string]cached{}
-	c.gen++
-	c.mu.Unlock()
-}
+func (c *Client) InvalidateAll() { c.cache.Flush(nil) }
 
 // Event is a change under a watched container.
 type Event = wire.Event
@@ -493,37 +469,31 @@ func (c *Client) KeepCacheFresh(ctx context.Context, onChange func(Event), conta
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			backoff := 100 * time.Millisecond
 			told := false // onChange knows the watch is down
-			for ctx.Err() == nil {
+			watchcache.Follow(ctx, func(ctx context.Context) (<-chan Event, error) {
 				c.InvalidateAll()
 				events, _, err := c.Watch(ctx, ct) // watching, or failed within the Timeout
-				if err == nil {
-					c.InvalidateAll() // anything cached before ready may be stale
-					if onChange != nil {
-						onChange(Event{})
-					}
-					told = false
-					backoff = 100 * time.Millisecond
-					for ev := range events {
-						c.Invalidate(ev.Name())
-						if onChange != nil {
-							onChange(ev)
-						}
-					}
+				return events, err
+			}, func() {
+				c.InvalidateAll() // anything cached before ready may be stale
+				if onChange != nil {
+					onChange(Event{})
 				}
+				told = false
+			}, func(ev Event) bool {
+				c.Invalidate(ev.Name())
+				if onChange != nil {
+					onChange(ev)
+				}
+				return true
+			}, func(error, time.Duration) {
 				// No watch: whoever relies on it re-reads now, so an
 				// unreachable backend is noticed, not assumed away.
 				if onChange != nil && !told && ctx.Err() == nil {
 					onChange(Event{})
 					told = true
 				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Duration(rand.Int64N(int64(backoff))) + backoff/2):
-				}
-				backoff = min(backoff*2, 5*time.Second)
-			}
+			})
 		}()
 	}
 	wg.Wait()

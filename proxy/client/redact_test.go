@@ -16,7 +16,10 @@ func TestAPIKeyNeverPrints(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.cache["a"] = cached{v: []byte("cached-value-bytes-77")}
+	_, gen, _ := c.cache.Get("a")
+	if !c.cache.Fill("a", []byte("cached-value-bytes-77"), gen) {
+		t.Fatal("value not cached")
+	}
 	for name, v := range map[string]any{"key": cfg.Key, "config": cfg, "*config": &cfg, "client": c} {
 		leaktest.NoSecret(t, name, v, []byte(key), []byte("cached-value-bytes-77"))
 	}
