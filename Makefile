@@ -55,6 +55,7 @@ FUZZ_TARGETS := \
 	./proxy:FuzzCleanSecretPath \
 	./proxy:FuzzDecodeConfig \
 	./proxy/audit:FuzzVerify \
+	./proxy/audit:FuzzAppendEntry \
 	./storage/overlay:FuzzOpen \
 	./storage/config:FuzzDecode \
 	./runner:FuzzDecodeConfig \

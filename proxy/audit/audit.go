@@ -231,20 +231,20 @@ func (l *Logger) Log(ctx context.Context, e Entry) error {
 	if e.Time.IsZero() {
 		e.Time = l.now().UTC()
 	}
-	e.Seq, e.Prev = l.seq+1, l.prev
-	line, err := json.Marshal(e)
-	if err != nil {
+	if y := e.Time.Year(); y < 0 || y > 9999 {
 		l.mu.Unlock()
-		return err
+		return fmt.Errorf("audit entry time %v: year outside 0–9999", e.Time)
 	}
-	l.seq++
-	l.prev = lineHash(line)
+	e.Seq, e.Prev = l.seq+1, l.prev
 	if l.sync == SyncWrite {
 		// One write under the lock keeps lines in chain order and costs a
 		// syscall, not the two goroutine hand-offs of the flusher.
 		defer l.mu.Unlock()
 		start := time.Now()
-		l.buf = append(append(l.buf[:0], line...), '\n')
+		l.buf = appendEntry(l.buf[:0], &e)
+		l.seq++
+		l.prev = lineHash(l.buf)
+		l.buf = append(l.buf, '\n')
 		if _, err := l.w.Write(l.buf); err != nil {
 			l.err = fmt.Errorf("audit log write failed, refusing further access: %w", err)
 			return l.err
@@ -253,7 +253,11 @@ func (l *Logger) Log(ctx context.Context, e Entry) error {
 		l.stats.SyncTime += time.Since(start)
 		return ctx.Err()
 	}
-	l.buf = append(append(l.buf, line...), '\n')
+	n := len(l.buf)
+	l.buf = appendEntry(l.buf, &e)
+	l.seq++
+	l.prev = lineHash(l.buf[n:])
+	l.buf = append(l.buf, '\n')
 	if l.filling == nil {
 		l.filling = &batch{done: make(chan struct{})}
 		l.work.Signal()

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -296,4 +297,41 @@ func TestParseSync(t *testing.T) {
 			t.Errorf("OpenWith sync %q: no error", bad)
 		}
 	}
+}
+
+// appendEntry writes the bytes json.Marshal writes, so lines and their
+// hashes are what they were before it replaced json.Marshal.
+func TestAppendEntryMatchesJSON(t *testing.T) {
+	uid, pid, neg := 1000, 4242, -1
+	for _, e := range []Entry{
+		{},
+		{Time: time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC), Seq: 7, Credential: "runner-1", PeerUID: &uid, PeerPID: &pid, Verb: "GET", Op: "get",
+			Path: "/secrets/a/b", Status: 200, Outcome: "allowed", Prev: genesis},
+		{Time: time.Date(1, 1, 1, 0, 0, 0, 0, time.FixedZone("x", 3600)), PeerUID: &neg, Verb: "PUT", Path: "/secrets/<&>\"\\\n\t\u2028é\xff", Status: 503,
+			Outcome: "error", Reason: "audit log unavailable: \x00 ünïcode", Prev: "p"},
+	} {
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendEntry(nil, &e); string(got) != string(want) {
+			t.Errorf("appendEntry\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+func FuzzAppendEntry(f *testing.F) {
+	f.Add("runner-1", "GET", "/secrets/a", "allowed", "", int64(0), 200, 1000)
+	f.Add("<&>", "P\x00T", "/secrets/\u2028\xff", "error", "r\"e\\a", int64(1<<40), -1, -5)
+	f.Fuzz(func(t *testing.T, cred, verb, path, outcome, reason string, ns int64, status, uid int) {
+		e := Entry{Time: time.Unix(0, ns).UTC(), Seq: uint64(ns), Credential: cred, PeerUID: &uid, Verb: verb, Path: path, Status: status,
+			Outcome: outcome, Reason: reason, Prev: genesis}
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Skip("json.Marshal refuses this entry:", err)
+		}
+		if got := appendEntry(nil, &e); string(got) != string(want) {
+			t.Fatalf("appendEntry\n got %s\nwant %s", got, want)
+		}
+	})
 }
