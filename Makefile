@@ -54,6 +54,7 @@ FUZZ_TARGETS := \
 	./envelope:FuzzDecodeSignature \
 	./proxy:FuzzCleanSecretPath \
 	./proxy:FuzzDecodeConfig \
+	./proxy:FuzzValidID \
 	./proxy/audit:FuzzVerify \
 	./proxy/audit:FuzzAppendEntry \
 	./storage/overlay:FuzzOpen \
