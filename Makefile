@@ -57,7 +57,9 @@ FUZZ_TARGETS := \
 	./envelope:FuzzDecodeSignature \
 	./proxy:FuzzCleanSecretPath \
 	./proxy:FuzzDecodeConfig \
+	./proxy:FuzzValidID \
 	./proxy/audit:FuzzVerify \
+	./proxy/audit:FuzzAppendEntry \
 	./storage/overlay:FuzzOpen \
 	./storage/config:FuzzDecode \
 	./runner:FuzzDecodeConfig \

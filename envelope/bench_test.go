@@ -75,3 +75,22 @@ func BenchmarkOpenHPKE(b *testing.B) { benchHPKE(b, SuiteHPKEHybrid) }
 
 // BenchmarkOpenHPKEX25519 is the DHKEM(X25519) suite.
 func BenchmarkOpenHPKEX25519(b *testing.B) { benchHPKE(b, SuiteHPKEX25519) }
+
+// BenchmarkSealResponse is one report sealed for a response queue, as the
+// runner seals each of its reports (a Progress report; RSA-2048 wrap of
+// an AES-256-GCM payload, the key size of the runner's fixtures).
+func BenchmarkSealResponse(b *testing.B) {
+	fixtures(b)
+	keys, err := NewPrefixMap(map[string]*MessagePublicKey{"rmq_": fixRSA.Public()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	rep := &Report{Time: now, ExperimentID: "exp-1", UniqueID: "hpke-0123456789abcdef", ExecutorID: "runner-1",
+		Progress: &Progress{Time: now, State: "SUCCESS", JSON: `{"status":"completed"}`}}
+	for b.Loop() {
+		if _, err := SealResponse(keys, "rmq_cpu_a", rep); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -20,11 +20,27 @@ import (
 const apiKeyPrefix = "sr1."
 
 // idPattern keeps credential ids usable as storage keys and log fields.
+// validID checks it on every request without the regexp engine (1% of an
+// uncached GET's CPU); TestValidIDMatchesPattern holds the two equal.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '.' && c != '_' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateCredentialID reports whether id may name a credential.
 func ValidateCredentialID(id string) error {
-	if !idPattern.MatchString(id) {
+	if !validID(id) {
 		return errors.New("credential id must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")
 	}
 	return nil

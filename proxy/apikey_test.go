@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -66,4 +67,27 @@ func TestUnknownIDsBounded(t *testing.T) {
 	if n > 6 || !adminCached {
 		t.Fatalf("%d cached credentials (admin cached: %v), want at most 5 unknown ids plus admin", n, adminCached)
 	}
+}
+
+func TestValidIDMatchesPattern(t *testing.T) {
+	cases := []string{"", "a", "A9", "runner-1", "r.u_n-2", ".a", "-a", "_a", "a b", "a/b", "é", "a\x00", "a\n",
+		strings.Repeat("a", 128), strings.Repeat("a", 129), "9" + strings.Repeat("-", 127), "a" + strings.Repeat("-", 128)}
+	for c := range 256 {
+		cases = append(cases, string(rune(c)), "a"+string([]byte{byte(c)}))
+	}
+	for _, id := range cases {
+		if got, want := validID(id), idPattern.MatchString(id); got != want {
+			t.Errorf("validID(%q) = %v, the pattern says %v", id, got, want)
+		}
+	}
+}
+
+func FuzzValidID(f *testing.F) {
+	f.Add("runner-1")
+	f.Add(".x")
+	f.Fuzz(func(t *testing.T, id string) {
+		if got, want := validID(id), idPattern.MatchString(id); got != want {
+			t.Fatalf("validID(%q) = %v, the pattern says %v", id, got, want)
+		}
+	})
 }

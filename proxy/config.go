@@ -13,6 +13,7 @@ import (
 
 	"github.com/sealrun/sealrun/internal/configfile"
 	"github.com/sealrun/sealrun/internal/credpath"
+	"github.com/sealrun/sealrun/proxy/audit"
 	storageconfig "github.com/sealrun/sealrun/storage/config"
 )
 
@@ -25,6 +26,7 @@ type Config struct {
 	Auth      Auth      `yaml:"auth"`
 	Limits    Limits    `yaml:"limits"`
 	AuditLog  string    `yaml:"audit_log"`
+	Audit     Audit     `yaml:"audit"`
 	Cache     *Cache    `yaml:"cache"` // optional; absent means the defaults
 	Storage   yaml.Node `yaml:"storage"`
 
@@ -58,11 +60,21 @@ type Auth struct {
 // Limits bound what one client can cost.
 type Limits struct {
 	MaxBody int64   `yaml:"max_body"` // bytes, default 1 MiB
-	Rate    float64 `yaml:"rate"`     // requests/s per credential, default 200
-	Burst   int     `yaml:"burst"`    // default 400
+	Rate    float64 `yaml:"rate"`     // requests/s per credential, default DefaultRate
+	Burst   int     `yaml:"burst"`    // default DefaultBurst
 	// WatchStreams bounds the watch streams one credential holds open;
 	// default 64.
 	WatchStreams int `yaml:"watch_streams"`
+}
+
+// Audit configures how far each audit line gets before the answer.
+type Audit struct {
+	// Sync is "fsync" (the default: each line fsync'd before the answer,
+	// group commit; survives a power loss) or "write" (each line written to
+	// the file before the answer, not fsync'd: survives a proxy crash, not
+	// a power loss — the guarantee of Vault's file audit device). Both fail
+	// closed: a line that cannot be written fails its request.
+	Sync audit.Sync `yaml:"sync"`
 }
 
 // Cache configures the proxy's cache of decrypted values, which serves GETs
@@ -83,6 +95,17 @@ type Cache struct {
 	// default 64 MiB. A value larger than an eighth of it is not cached.
 	Bytes int64 `yaml:"bytes"`
 }
+
+// DefaultRate and DefaultBurst are limits.rate and limits.burst when unset:
+// a bound on a runaway or leaked credential, not a quota. An honest client
+// (a runner or worker: a few requests per job, keys cached) makes tens of
+// requests a second; 200/s turned a 16-connection load on one credential
+// into 93% 429s. 10000/s is about the whole proxy's uncached GET rate on 2
+// cores, so no single honest client reaches it.
+const (
+	DefaultRate  = 10000
+	DefaultBurst = 20000
+)
 
 // DefaultCacheEntries and DefaultCacheBytes are cache.entries and
 // cache.bytes when unset.
@@ -118,6 +141,9 @@ func DecodeConfig(r io.Reader) (*Config, error) {
 	}
 	if c.AuditLog == "" {
 		c.AuditLog = "/var/lib/sealrun/audit.log"
+	}
+	if c.Audit.Sync, err = audit.ParseSync(string(c.Audit.Sync)); err != nil {
+		return nil, err
 	}
 	if _, err := c.SocketMode(); err != nil {
 		return nil, err

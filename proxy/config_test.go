@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sealrun/sealrun/proxy/audit"
 )
 
 // TestConfigCredentialsDirectory: the TLS files and the storage section's
@@ -97,6 +99,52 @@ storage:
 		}
 		if got := cfg.Options().ValueCache; got != want {
 			t.Errorf("configs/%s: ValueCache %d, want %d", file, got, want)
+		}
+	}
+}
+
+// TestConfigAuditSync: audit.sync is fsync by default, write on request,
+// and anything else is refused naming the field; the limits default to
+// DefaultRate/DefaultBurst, which the shipped examples write out.
+func TestConfigAuditSync(t *testing.T) {
+	const storage = `
+storage:
+  state: {backend: memory}
+  secrets: {backend: overlay, overlay: {store: memory, master_key: /etc/sealrun/master.key}}
+`
+	for _, c := range []struct {
+		yaml string
+		want audit.Sync
+		err  string
+	}{
+		{storage, audit.SyncFsync, ""},
+		{"audit: {sync: fsync}\n" + storage, audit.SyncFsync, ""},
+		{"audit: {sync: write}\n" + storage, audit.SyncWrite, ""},
+		{"audit: {sync: none}\n" + storage, "", `audit.sync "none": want fsync`},
+		{"audit: {sync: write, path: /tmp/x}\n" + storage, "", "path"},
+	} {
+		cfg, err := DecodeConfig(strings.NewReader(c.yaml))
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q: err %v, want one naming %s", c.yaml, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%q: %v", c.yaml, err)
+		}
+		if cfg.Audit.Sync != c.want {
+			t.Errorf("%q: audit.sync %q, want %q", c.yaml, cfg.Audit.Sync, c.want)
+		}
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/sealrun-secrets.service")
+	for _, file := range []string{"proxy.yaml", "proxy-etcd-tls.yaml", "proxy-vault.yaml"} {
+		cfg, err := LoadConfig(filepath.Join("..", "configs", file))
+		if err != nil {
+			t.Fatalf("configs/%s: %v", file, err)
+		}
+		if o := cfg.Options(); o.Rate != DefaultRate || o.Burst != DefaultBurst || cfg.Audit.Sync != audit.SyncFsync {
+			t.Errorf("configs/%s: rate %v burst %d sync %q, want the defaults", file, o.Rate, o.Burst, cfg.Audit.Sync)
 		}
 	}
 }

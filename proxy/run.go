@@ -32,7 +32,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket str
 		return fmt.Errorf("open storage: %w", err)
 	}
 	defer store.Close()
-	al, err := audit.Open(c.AuditLog)
+	al, err := audit.OpenWith(c.AuditLog, audit.Options{Sync: c.Audit.Sync})
 	if err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(socket str
 	go srv.WatchValues(wctx)
 
 	go watchdog(wctx, store, log)
-	log.Info("secrets proxy serving", "socket", c.Listen.Socket, "tcp", c.Listen.TCP != nil, "ops", c.OpsListen, "audit_log", c.AuditLog, "value_cache", o.ValueCache)
+	log.Info("secrets proxy serving", "socket", c.Listen.Socket, "tcp", c.Listen.TCP != nil, "ops", c.OpsListen, "audit_log", c.AuditLog, "audit_sync", c.Audit.Sync, "value_cache", o.ValueCache)
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 	if ready != nil {
 		ready(c.Listen.Socket)

@@ -43,8 +43,8 @@ type Options struct {
 	// these uids (SO_PEERCRED), whatever their API key.
 	AllowedUIDs []int
 	MaxBody     int64   // bytes; default 1 MiB
-	Rate        float64 // requests/s per credential; default 200
-	Burst       int     // default 400
+	Rate        float64 // requests/s per credential; default 10000 (see configs/proxy.yaml)
+	Burst       int     // default 20000
 	// AuthFailRate bounds failed authentications per peer (uid or IP), so
 	// a brute force is slowed and audited; default 2/s, burst 10.
 	AuthFailRate  float64
@@ -104,7 +104,7 @@ func NewServer(o Options) (*Server, error) {
 		o.MaxBody = 1 << 20
 	}
 	if o.Rate <= 0 {
-		o.Rate, o.Burst = 200, 400
+		o.Rate, o.Burst = DefaultRate, DefaultBurst
 	}
 	if o.Burst <= 0 {
 		o.Burst = int(o.Rate) + 1

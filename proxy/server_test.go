@@ -387,3 +387,25 @@ func TestAuditFailureRefusesService(t *testing.T) {
 		t.Fatalf("the put's value: %v", err)
 	}
 }
+
+// A write that fails (/dev/full: every write is ENOSPC) fails the request
+// in both audit.sync modes, and every later one: write mode skips the fsync,
+// not the check.
+func TestAuditWriteErrorFailsRequestInBothSyncModes(t *testing.T) {
+	for _, mode := range []audit.Sync{audit.SyncFsync, audit.SyncWrite} {
+		t.Run(string(mode), func(t *testing.T) {
+			full, err := audit.OpenWith("/dev/full", audit.Options{Sync: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { full.Close() })
+			f := startProxy(t, overlayStore(t), func(o *Options) { o.Audit = full })
+			for range 2 {
+				code, hdr, body := f.rawHeader(t, "GET", "/secrets/app/", f.admin(), "")
+				if code != 503 || hdr.Get(wire.NotAppliedHeader) != "1" || !strings.Contains(body, "audit log unavailable") {
+					t.Fatalf("%s: GET with the audit write failing: %d %q, want 503 naming the audit log", mode, code, body)
+				}
+			}
+		})
+	}
+}

@@ -27,6 +27,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envRawConsumer) != "" {
+		os.Exit(rawConsumerChild())
+	}
 	code := m.Run()
 	testenv.StopRabbitMQ()
 	os.Exit(code)

@@ -1,11 +1,13 @@
 // Package audit writes the secrets proxy's access log: one JSON line per
-// access, never a secret value, fsync'd before the response is sent, each
-// line carrying the SHA-256 of the previous line so that an edited, inserted
-// or removed line breaks the chain (Verify finds it).
+// access, never a secret value, written (and with SyncFsync, fsync'd) before
+// the response is sent, each line carrying the SHA-256 of the previous line
+// so that an edited, inserted or removed line breaks the chain (Verify finds
+// it). Both modes fail closed: a line that cannot be written fails its
+// request and every later one.
 //
-// Concurrent writers share fsyncs (group commit): each Log call returns once
-// the batch holding its line is on disk, so durability costs one fsync per
-// batch, not per request. One goroutine does all writing and fsyncing and
+// With SyncFsync concurrent writers share fsyncs (group commit): each Log
+// call returns once the batch holding its line is on disk, so durability
+// costs one fsync per batch, not per request. One goroutine does all writing and fsyncing and
 // starts the next fsync the moment one ends: handing that job to a waiting
 // writer instead would put a goroutine wake-up (on a busy host, a wait for a
 // CPU) between every two fsyncs, with the disk idle meanwhile.
@@ -47,10 +49,49 @@ type Entry struct {
 // genesis is the Prev of the first line of a log.
 var genesis = hex.EncodeToString(make([]byte, sha256.Size))
 
+// Sync says how far a line must get before Log returns.
+type Sync string
+
+const (
+	// SyncFsync: the line is fsync'd (group commit) before Log returns; it
+	// survives a power loss. The default.
+	SyncFsync Sync = "fsync"
+	// SyncWrite: the line is written to the file (the kernel's page cache)
+	// before Log returns, not fsync'd — what Vault's file audit device
+	// guarantees. It survives the proxy crashing, not the host losing
+	// power; the disk's flush latency no longer bounds the request rate.
+	SyncWrite Sync = "write"
+)
+
+// ParseSync parses a config value: "fsync", "write", or "" (fsync).
+func ParseSync(s string) (Sync, error) {
+	switch Sync(s) {
+	case "", SyncFsync:
+		return SyncFsync, nil
+	case SyncWrite:
+		return SyncWrite, nil
+	}
+	return "", fmt.Errorf("audit.sync %q: want fsync (each line on disk before the answer) or write (written, not fsync'd, before the answer)", s)
+}
+
+// Options configure a Logger.
+type Options struct {
+	Sync Sync // "" is SyncFsync
+}
+
+// file is what the log writes to: the *os.File, or in tests one that fails
+// or counts fsyncs.
+type file interface {
+	Write([]byte) (int, error)
+	Sync() error
+}
+
 // Logger appends entries to a file.
 type Logger struct {
 	mu      sync.Mutex
 	f       *os.File
+	w       file // f, unless a test replaced it
+	sync    Sync
 	buf     []byte // encoded lines of the filling batch
 	spare   []byte // the buffer being (or last) written, reused for the next batch
 	filling *batch // the batch new lines join; nil until a line arrives
@@ -73,11 +114,12 @@ type batch struct {
 	err   error // set before done is closed
 }
 
-// Stats count what the log has made durable. Lines/Syncs is the group
+// Stats count what the log has recorded. Lines/Syncs is the group
 // commit's batch size: with N concurrent requests it approaches N/2 (one
-// batch is on its way to disk while the next fills), not 1.
+// batch is on its way to disk while the next fills), not 1. With SyncWrite
+// Syncs stays 0.
 type Stats struct {
-	Lines    uint64        // lines written and fsync'd
+	Lines    uint64        // lines written (and with SyncFsync, fsync'd)
 	Syncs    uint64        // fsyncs
 	SyncTime time.Duration // total time spent writing and fsyncing
 }
@@ -90,8 +132,16 @@ func (l *Logger) Stats() Stats {
 }
 
 // Open opens (creating with mode 0600) the log at path and continues its
-// chain from the last line. Close it to stop its flusher.
-func Open(path string) (*Logger, error) {
+// chain from the last line, fsyncing every line. Close it to stop its
+// flusher.
+func Open(path string) (*Logger, error) { return OpenWith(path, Options{}) }
+
+// OpenWith is Open with options.
+func OpenWith(path string, o Options) (*Logger, error) {
+	mode, err := ParseSync(string(o.Sync))
+	if err != nil {
+		return nil, err
+	}
 	_, statErr := os.Lstat(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -104,7 +154,7 @@ func Open(path string) (*Logger, error) {
 			return nil, fmt.Errorf("open audit log: %w", err)
 		}
 	}
-	l := &Logger{f: f, prev: genesis, now: time.Now}
+	l := &Logger{f: f, w: f, sync: mode, prev: genesis, now: time.Now}
 	last, err := lastLine(f)
 	if err != nil {
 		f.Close()
@@ -165,8 +215,8 @@ func lineHash(line []byte) string {
 }
 
 // Log appends e (Seq, Prev and, if zero, Time are filled in) and returns once
-// it is on disk. An error means the entry may not be durable; the caller
-// must not serve the request.
+// it is on disk (SyncFsync) or in the file (SyncWrite). An error means the
+// entry may not be recorded; the caller must not serve the request.
 func (l *Logger) Log(ctx context.Context, e Entry) error {
 	l.mu.Lock()
 	if l.closed {
@@ -181,15 +231,33 @@ func (l *Logger) Log(ctx context.Context, e Entry) error {
 	if e.Time.IsZero() {
 		e.Time = l.now().UTC()
 	}
-	e.Seq, e.Prev = l.seq+1, l.prev
-	line, err := json.Marshal(e)
-	if err != nil {
+	if y := e.Time.Year(); y < 0 || y > 9999 {
 		l.mu.Unlock()
-		return err
+		return fmt.Errorf("audit entry time %v: year outside 0–9999", e.Time)
 	}
+	e.Seq, e.Prev = l.seq+1, l.prev
+	if l.sync == SyncWrite {
+		// One write under the lock keeps lines in chain order and costs a
+		// syscall, not the two goroutine hand-offs of the flusher.
+		defer l.mu.Unlock()
+		start := time.Now()
+		l.buf = appendEntry(l.buf[:0], &e)
+		l.seq++
+		l.prev = lineHash(l.buf)
+		l.buf = append(l.buf, '\n')
+		if _, err := l.w.Write(l.buf); err != nil {
+			l.err = fmt.Errorf("audit log write failed, refusing further access: %w", err)
+			return l.err
+		}
+		l.stats.Lines++
+		l.stats.SyncTime += time.Since(start)
+		return ctx.Err()
+	}
+	n := len(l.buf)
+	l.buf = appendEntry(l.buf, &e)
 	l.seq++
-	l.prev = lineHash(line)
-	l.buf = append(append(l.buf, line...), '\n')
+	l.prev = lineHash(l.buf[n:])
+	l.buf = append(l.buf, '\n')
 	if l.filling == nil {
 		l.filling = &batch{done: make(chan struct{})}
 		l.work.Signal()
@@ -225,8 +293,8 @@ func (l *Logger) flusher() {
 
 		start := time.Now()
 		if err == nil {
-			if _, err = l.f.Write(buf); err == nil {
-				err = l.f.Sync()
+			if _, err = l.w.Write(buf); err == nil {
+				err = l.w.Sync()
 			}
 			if err != nil {
 				err = fmt.Errorf("audit log write failed, refusing further access: %w", err)

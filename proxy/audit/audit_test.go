@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,4 +184,154 @@ func TestGroupCommitBatches(t *testing.T) {
 	if err != nil || res.Lines != writers*each {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
+}
+
+// countingFile counts the log's fsyncs and can fail its writes.
+type countingFile struct {
+	file
+	mu     sync.Mutex
+	syncs  int
+	writes int
+	fail   error
+}
+
+func (c *countingFile) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail != nil {
+		return 0, c.fail
+	}
+	c.writes++
+	return c.file.Write(b)
+}
+
+func (c *countingFile) Sync() error {
+	c.mu.Lock()
+	c.syncs++
+	c.mu.Unlock()
+	return c.file.Sync()
+}
+
+func openCounting(t *testing.T, mode Sync) (*Logger, *countingFile, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := OpenWith(path, Options{Sync: mode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf := &countingFile{file: l.f}
+	l.w = cf
+	t.Cleanup(func() { l.Close() })
+	return l, cf, path
+}
+
+func TestSyncWriteWritesEachLineWithoutFsync(t *testing.T) {
+	l, cf, path := openCounting(t, SyncWrite)
+	for range 20 {
+		if err := l.Log(context.Background(), Entry{Verb: "GET", Path: "/secrets/a", Status: 200, Outcome: "allowed"}); err != nil {
+			t.Fatal(err)
+		}
+		// Written before Log returned: the file already holds the line.
+		res, err := verifyFile(t, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Lines != cf.writes {
+			t.Fatalf("after Log returned the file holds %d lines, %d written", res.Lines, cf.writes)
+		}
+	}
+	if cf.syncs != 0 || cf.writes != 20 {
+		t.Fatalf("write mode: %d fsyncs, %d writes; want 0 and 20", cf.syncs, cf.writes)
+	}
+	if st := l.Stats(); st.Lines != 20 || st.Syncs != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestSyncFsyncFsyncsBeforeReturning(t *testing.T) {
+	l, cf, _ := openCounting(t, SyncFsync)
+	for i := range 5 {
+		if err := l.Log(context.Background(), Entry{Verb: "GET", Path: "/secrets/a", Status: 200, Outcome: "allowed"}); err != nil {
+			t.Fatal(err)
+		}
+		cf.mu.Lock()
+		syncs := cf.syncs
+		cf.mu.Unlock()
+		if syncs != i+1 { // one writer at a time: one fsync per line
+			t.Fatalf("after %d lines, %d fsyncs", i+1, syncs)
+		}
+	}
+}
+
+func TestFailingWriterFailsTheRequestInBothModes(t *testing.T) {
+	for _, mode := range []Sync{SyncFsync, SyncWrite} {
+		t.Run(string(mode), func(t *testing.T) {
+			l, cf, _ := openCounting(t, mode)
+			if err := l.Log(context.Background(), Entry{Verb: "GET", Path: "/secrets/a", Status: 200, Outcome: "allowed"}); err != nil {
+				t.Fatal(err)
+			}
+			cf.mu.Lock()
+			cf.fail = errors.New("no space left on device")
+			cf.mu.Unlock()
+			for range 2 { // the failing line, then every later one (sticky)
+				err := l.Log(context.Background(), Entry{Verb: "GET", Path: "/secrets/a", Status: 200, Outcome: "allowed"})
+				if err == nil || !strings.Contains(err.Error(), "refusing further access") || !strings.Contains(err.Error(), "no space left") {
+					t.Fatalf("Log with a failing file: %v", err)
+				}
+			}
+		})
+	}
+}
+
+func TestParseSync(t *testing.T) {
+	for in, want := range map[string]Sync{"": SyncFsync, "fsync": SyncFsync, "write": SyncWrite} {
+		if got, err := ParseSync(in); err != nil || got != want {
+			t.Errorf("ParseSync(%q) = %q, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"none", "FSYNC", "async"} {
+		if _, err := ParseSync(bad); err == nil || !strings.Contains(err.Error(), "want fsync") {
+			t.Errorf("ParseSync(%q): %v", bad, err)
+		}
+		if _, err := OpenWith(filepath.Join(t.TempDir(), "a.log"), Options{Sync: Sync(bad)}); err == nil {
+			t.Errorf("OpenWith sync %q: no error", bad)
+		}
+	}
+}
+
+// appendEntry writes the bytes json.Marshal writes, so lines and their
+// hashes are what they were before it replaced json.Marshal.
+func TestAppendEntryMatchesJSON(t *testing.T) {
+	uid, pid, neg := 1000, 4242, -1
+	for _, e := range []Entry{
+		{},
+		{Time: time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC), Seq: 7, Credential: "runner-1", PeerUID: &uid, PeerPID: &pid, Verb: "GET", Op: "get",
+			Path: "/secrets/a/b", Status: 200, Outcome: "allowed", Prev: genesis},
+		{Time: time.Date(1, 1, 1, 0, 0, 0, 0, time.FixedZone("x", 3600)), PeerUID: &neg, Verb: "PUT", Path: "/secrets/<&>\"\\\n\t\u2028é\xff", Status: 503,
+			Outcome: "error", Reason: "audit log unavailable: \x00 ünïcode", Prev: "p"},
+	} {
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendEntry(nil, &e); string(got) != string(want) {
+			t.Errorf("appendEntry\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+func FuzzAppendEntry(f *testing.F) {
+	f.Add("runner-1", "GET", "/secrets/a", "allowed", "", int64(0), 200, 1000)
+	f.Add("<&>", "P\x00T", "/secrets/\u2028\xff", "error", "r\"e\\a", int64(1<<40), -1, -5)
+	f.Fuzz(func(t *testing.T, cred, verb, path, outcome, reason string, ns int64, status, uid int) {
+		e := Entry{Time: time.Unix(0, ns).UTC(), Seq: uint64(ns), Credential: cred, PeerUID: &uid, Verb: verb, Path: path, Status: status,
+			Outcome: outcome, Reason: reason, Prev: genesis}
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Skip("json.Marshal refuses this entry:", err)
+		}
+		if got := appendEntry(nil, &e); string(got) != string(want) {
+			t.Fatalf("appendEntry\n got %s\nwant %s", got, want)
+		}
+	})
 }
