@@ -117,7 +117,7 @@ func queueTotal(t *testing.T, c *testenv.RabbitCluster, vhost, queue string) int
 func TestClusterNodeLossQuorum(t *testing.T) {
 	c := testenv.SharedRabbitCluster(t)
 	q := fixPrefix + "cluster"
-	ex := &countingExecutor{delay: 50 * time.Millisecond}
+	ex := &countingExecutor{delay: 100 * time.Millisecond}
 	h := newHarness(t, harnessOpt{queues: []string{q}, exec: ex, responses: true, cluster: c})
 	vhost := vhostOf(h.url)
 
@@ -130,9 +130,6 @@ func TestClusterNodeLossQuorum(t *testing.T) {
 		}
 		bodies = append(bodies, sealStudio(t, signer))
 	}
-	publishAndClose(t, h.url, q, bodies...)
-	eventually(t, time.Minute, "a fifth of the load run", func() bool { return ex.total.Load() >= good/5 })
-
 	conns := c.ConnectedNodes(t, vhost)
 	if len(conns) != 1 {
 		t.Fatalf("runner connections on nodes %v, want one", conns)
@@ -141,6 +138,8 @@ func TestClusterNodeLossQuorum(t *testing.T) {
 	if l := c.QueueLeader(t, vhost, q); l != victim {
 		t.Logf("request queue led by node %d, runner on node %d", l, victim)
 	}
+	publishAndClose(t, h.url, q, bodies...)
+	eventually(t, time.Minute, "a fifth of the load run", func() bool { return ex.total.Load() >= good/5 })
 	killed := time.Now()
 	c.Kill(victim)
 	if victim == len(h.urls)-1 {
@@ -178,7 +177,9 @@ func TestClusterNodeLossQuorum(t *testing.T) {
 			t.Errorf("job %s not recorded answered: %+v", rec.MessageID, rec)
 		}
 	}
-	eventually(t, time.Minute, "the poison messages dead-lettered", func() bool {
+	// A poison message rejected as the dead-letter queue's leader died is
+	// re-sent by the broker after its confirm timeout.
+	eventually(t, 6*testenv.DeadLetterConfirmTimeout, "the poison messages dead-lettered", func() bool {
 		return queueTotal(t, c, vhost, q+".dead") >= poison
 	})
 	eventually(t, time.Minute, "the request queue settled", func() bool { return queueTotal(t, c, vhost, q) == 0 })
@@ -226,6 +227,10 @@ func TestQuorumQueuesDeclared(t *testing.T) {
 		args["x-dead-letter-exchange"] != "sealrun.dlx" {
 		t.Errorf("request queue arguments %v", args)
 	}
+	// Poison is dead-lettered through them, once.
+	h.publish(q, sealStudio(t, fixOther))
+	eventually(t, 10*time.Second, "rejection", func() bool { return h.count(outcomeRejected) == 1 })
+	eventually(t, 10*time.Second, "dead letter", func() bool { return h.queueLen(q+".dead") == 1 })
 }
 
 // TestQuorumHandBacksNotDeadLettered: a job handed back to the broker many

@@ -45,6 +45,11 @@ type RabbitCluster struct {
 	mu sync.Mutex
 }
 
+// DeadLetterConfirmTimeout is the cluster nodes' at-least-once
+// dead-lettering retry delay (RabbitMQ's
+// dead_letter_worker_publisher_confirm_timeout; 3 min by default).
+const DeadLetterConfirmTimeout = 10 * time.Second
+
 // sharedRabbitCluster is the package-wide cluster SharedRabbitCluster
 // starts; StopRabbitMQ stops it.
 var sharedRabbitCluster struct {
@@ -136,6 +141,19 @@ func startRabbitCluster(ctx context.Context, n int) (*RabbitCluster, error) {
 			_ = os.RemoveAll(dir)
 			return nil, err
 		}
+		// A quorum queue dead-letters at-least-once through a worker that
+		// re-sends what the target queue did not confirm only after
+		// dead_letter_worker_publisher_confirm_timeout (3 min by default):
+		// a message dead-lettered as the target's leader dies waits that
+		// long. Tests cannot wait that long; docs/scale.md tells operators
+		// the same knob.
+		adv := filepath.Join(node.dir, "advanced.config")
+		if err := os.WriteFile(adv, []byte(fmt.Sprintf("[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, %d}]}].\n",
+			DeadLetterConfirmTimeout.Milliseconds())), 0o644); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+		node.env = append(node.env, "RABBITMQ_ADVANCED_CONFIG_FILE="+adv)
 		c.Nodes = append(c.Nodes, node)
 		c.URLs = append(c.URLs, node.URL)
 	}

@@ -33,6 +33,12 @@ func TestRabbitCluster(t *testing.T) {
 		t.Fatalf("running nodes %v, want %v", running, want)
 	}
 
+	// The nodes run with the tests' dead-lettering retry delay.
+	want := fmt.Sprintf("{ok,%d}", DeadLetterConfirmTimeout.Milliseconds())
+	if got := c.Nodes[2].Ctl(t, "eval", "application:get_env(rabbit, dead_letter_worker_publisher_confirm_timeout)."); got != want {
+		t.Fatalf("dead_letter_worker_publisher_confirm_timeout: %s, want %s", got, want)
+	}
+
 	urls := c.VHost(t)
 	vhost := urls[0][strings.LastIndex(urls[0], "/")+1:]
 	conn, err := amqp.Dial(urls[0])
