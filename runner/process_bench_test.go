@@ -263,7 +263,13 @@ func BenchmarkRawAMQPRoundTrip(b *testing.B) {
 		b.Fatalf("raw consumer did not start: %q %v", line, err)
 	}
 	answered, _, publish := loadClient(b, url, "", q, q, bodies, func(string) bool { return true })
-	pid := cmd.Process.Pid
+	measureLoad(b, cmd.Process.Pid, "consumer-cpu-us/msg", answered, publish, exited)
+}
+
+// measureLoad publishes the benchmark's messages, waits until all are
+// answered and reports the rate and the CPU per message of the measured
+// process (as procUnit), this client and the broker.
+func measureLoad(b *testing.B, pid int, procUnit string, answered *atomic.Int64, publish func(), exited <-chan struct{}) {
 	c0, cpu0 := procCPU(pid), sampleCPU()
 	b.ResetTimer()
 	start := time.Now()
@@ -273,9 +279,9 @@ func BenchmarkRawAMQPRoundTrip(b *testing.B) {
 	el := time.Since(start)
 	b.StopTimer()
 	<-published
-	cons, cpu := procCPU(pid)-c0, sampleCPU().sub(cpu0)
+	proc, cpu := procCPU(pid)-c0, sampleCPU().sub(cpu0)
 	b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
-	b.ReportMetric(float64(cons.Microseconds())/float64(b.N), "consumer-cpu-us/msg")
+	b.ReportMetric(float64(proc.Microseconds())/float64(b.N), procUnit)
 	b.ReportMetric(float64(cpu.self.Microseconds())/float64(b.N), "client-cpu-us/msg")
 	b.ReportMetric(float64(cpu.broker.Microseconds())/float64(b.N), "rabbit-cpu-us/msg")
 }
@@ -382,20 +388,6 @@ storage:
 		bodies[i] = sealHPKE(b, q)
 	}
 	answered, replies, publish := loadClient(b, url, DefaultExchange, "StudioML."+q, q, bodies, isFinalReport)
-	pid := cmd.Process.Pid
-	c0, cpu0 := procCPU(pid), sampleCPU()
-	b.ResetTimer()
-	start := time.Now()
-	published := make(chan struct{})
-	go func() { defer close(published); publish() }()
-	waitAnswered(b, answered, b.N, exited)
-	el := time.Since(start)
-	b.StopTimer()
-	<-published
-	run, cpu := procCPU(pid)-c0, sampleCPU().sub(cpu0)
-	b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
-	b.ReportMetric(float64(run.Microseconds())/float64(b.N), "runner-cpu-us/msg")
-	b.ReportMetric(float64(cpu.self.Microseconds())/float64(b.N), "client-cpu-us/msg")
-	b.ReportMetric(float64(cpu.broker.Microseconds())/float64(b.N), "rabbit-cpu-us/msg")
+	measureLoad(b, cmd.Process.Pid, "runner-cpu-us/msg", answered, publish, exited)
 	b.ReportMetric(float64(replies.Load())/float64(b.N), "responses/msg")
 }
